@@ -1,0 +1,6 @@
+"""Data layer: `Case`, datasets, readers/writers, folder layouts, builtin datasets, intensity, shifts."""
+
+from medagent.data.case import MODALITIES, Case
+from medagent.data.dataset import CaseList, Dataset, DatasetInfo, Skipped
+
+__all__ = ["Case", "CaseList", "Dataset", "DatasetInfo", "MODALITIES", "Skipped"]

@@ -1,0 +1,1 @@
+"""Evaluation: run folders, results files, per-case tables, reports."""

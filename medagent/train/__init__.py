@@ -1,0 +1,1 @@
+"""Trainers: tools, SFT, GRPO, semi-supervised, federated."""

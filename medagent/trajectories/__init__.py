@@ -1,0 +1,1 @@
+"""Generating, storing and exporting trajectories. Arrives with issue 7."""
