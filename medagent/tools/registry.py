@@ -8,6 +8,7 @@ user's checkpoint. Tool modules register themselves on import; `medagent.tools` 
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -36,8 +37,13 @@ class ToolSpec:
     weights: str | None = None
 
     def build(self, checkpoint: str | None = None, **config: Any) -> Tool:
-        module = importlib.import_module(self.module)
-        return getattr(module, self.builder)(checkpoint=checkpoint, **config)
+        """Import the module and call its builder. Config keys the builder does not take are dropped, so a
+        caller can pass context (e.g. `dataset=`) to every tool alike; None values mean "default"."""
+        builder = getattr(importlib.import_module(self.module), self.builder)
+        params = inspect.signature(builder).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        config = {k: v for k, v in config.items() if v is not None and (takes_any or k in params)}
+        return builder(checkpoint=checkpoint, **config)
 
 
 TOOL_REGISTRY: dict[str, ToolSpec] = {}

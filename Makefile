@@ -1,0 +1,31 @@
+# The two commands a new user types: `make demo` and `make test`. Both create .venv if missing and
+# install into it; a stamp keyed on a hash of pyproject.toml + constraints/cpu.txt skips reinstalling.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HASH := $(shell cat pyproject.toml constraints/cpu.txt | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.stamp-$(HASH)
+EXTRAS ?= test,fl
+
+.PHONY: install demo test bench clean-venv
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -c constraints/cpu.txt -e '.[$(EXTRAS)]'
+	@rm -f $(VENV)/.stamp-*
+	@touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/medagent demo
+
+test: install
+	$(VENV)/bin/pytest -q --durations=25 -p no:cacheprovider
+
+bench: install
+	$(PY) bench/run_all.py --quick
+
+clean-venv:
+	rm -rf $(VENV)

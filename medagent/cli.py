@@ -1,0 +1,273 @@
+"""The `medagent` command. Thin: parses arguments, calls the library, prints.
+
+Imports are lazy (inside each command) so `medagent --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import typer
+
+from medagent import __version__
+
+app = typer.Typer(
+    name="medagent",
+    help="Train and evaluate tool-calling agents that segment medical images, and use each tool on its own.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Builtin datasets and user folders: list, show, export.", no_args_is_help=True)
+tool_app = typer.Typer(help="Segmentation tools: list them, run one on an image.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate tools (and agents) on datasets; writes a run folder and results JSON.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(tool_app, name="tool")
+app.add_typer(eval_app, name="eval")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _fail(message: str) -> None:
+    _console().print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=2)
+
+
+def _run_guarded(fn):
+    """Run fn(); medagent's own errors become one red line and exit code 2 (no traceback)."""
+    from medagent.errors import MedagentError
+
+    try:
+        return fn()
+    except MedagentError as exc:
+        _fail(str(exc))
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"medagent {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """medagent command line."""
+
+
+def _parse_class_names(text: Optional[str]) -> Optional[dict[int, str]]:
+    """'1=liver,2=tumour' -> {1: 'liver', 2: 'tumour'}."""
+    if not text:
+        return None
+    out: dict[int, str] = {}
+    for part in text.split(","):
+        if "=" not in part:
+            _fail(f"--class-names: expected entries like 1=liver, got {part!r}")
+        key, name = part.split("=", 1)
+        try:
+            out[int(key)] = name.strip()
+        except ValueError:
+            _fail(f"--class-names: {key!r} is not a class index")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- data
+@data_app.command("list")
+def data_list() -> None:
+    """List the builtin datasets with their modality, classes, label origin and counts per split."""
+    from rich.table import Table
+
+    from medagent.data.builtin import list_builtin, load_builtin
+
+    table = Table(title="Builtin datasets (embedded: derived from files installed packages ship)")
+    for col in ("name", "modality", "classes", "labels", "train", "val", "test", "licence"):
+        table.add_column(col)
+    for spec in list_builtin():
+        ds = _run_guarded(lambda: load_builtin(spec.name))
+        counts = ds.counts()
+        classes = ", ".join(v for k, v in sorted(ds.info.class_names.items()) if k > 0)
+        table.add_row(spec.name, ds.info.modality, classes, ds.info.label_origin,
+                      *(str(counts.get(s, 0)) for s in ("train", "val", "test")), ds.info.license)
+    _console().print(table)
+
+
+@data_app.command("show")
+def data_show(
+    source: str = typer.Argument(..., help="Builtin dataset name, dataset folder, or image file."),
+    index: int = typer.Option(0, help="Case index within the split."),
+    split: str = typer.Option("test", help="Split: train, val, test or all."),
+    out: Path = typer.Option(Path("case.png"), help="Overlay PNG to write."),
+    modality: Optional[str] = typer.Option(None, help="Modality when metadata does not say (CT, MR, microscopy, ...)."),
+) -> None:
+    """Write an overlay PNG of one case (labels in colour over the image) and print its facts."""
+    from medagent.data.io import save_overlay_png
+    from medagent.data.sources import open_dataset
+
+    def run():
+        ds = open_dataset(source, modality=modality)
+        cases = ds.cases(split if split in ds.splits or split == "all" else next(iter(ds.splits)))
+        if not 0 <= index < len(cases):
+            _fail(f"--index {index} is outside 0..{len(cases) - 1} for {source} ({split})")
+        case = cases[index]
+        save_overlay_png(case, case.label, out)
+        classes = {k: v for k, v in case.class_names.items() if k in set(case.foreground_classes())}
+        _console().print(f"{case.id}: {case.modality}, shape {case.shape}, spacing {case.spacing} mm, "
+                         f"subject {case.subject}, classes present {classes} -> {out}")
+
+    _run_guarded(run)
+
+
+@data_app.command("export")
+def data_export(
+    source: str = typer.Argument(..., help="Builtin dataset name or dataset folder."),
+    to: Path = typer.Option(..., "--to", help="Output folder (nnU-Net v2 layout)."),
+) -> None:
+    """Export a dataset as an nnU-Net v2 folder (imagesTr/labelsTr/imagesTs/labelsTs, dataset.json)."""
+    from medagent.data.export import export_nnunet
+    from medagent.data.sources import open_dataset
+
+    def run():
+        ds = open_dataset(source)
+        export_nnunet(ds, to)
+        _console().print(f"wrote {sum(ds.counts().values())} cases of {ds.info.name} to {to}")
+
+    _run_guarded(run)
+
+
+# ---------------------------------------------------------------------------------------------- tool
+@tool_app.command("list")
+def tool_list() -> None:
+    """List the registered tools, their kind and whether shipped weights are present."""
+    from rich.table import Table
+
+    from medagent.tools import list_tools
+    from medagent.weights import read_manifest
+
+    shipped = read_manifest()
+    table = Table(title="Segmentation tools")
+    for col in ("name", "kind", "weights", "what it is"):
+        table.add_column(col, overflow="fold")
+    for spec in list_tools():
+        weights = "-" if spec.weights is None else (spec.weights if spec.weights in shipped else f"{spec.weights} (missing)")
+        table.add_row(spec.name, spec.kind.value, weights, spec.summary)
+    _console().print(table)
+
+
+@tool_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def tool_run(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Tool name (see `medagent tool list`)."),
+    image: Optional[Path] = typer.Option(None, help="Image file (NIfTI, NRRD, MHA, DICOM, PNG/JPEG/TIFF, NPY/NPZ)."),
+    dataset: Optional[str] = typer.Option(None, help="Builtin dataset or folder to take the case from (with --index)."),
+    index: int = typer.Option(0, help="Case index in --dataset's split."),
+    split: str = typer.Option("test", help="Split of --dataset."),
+    out: Path = typer.Option(Path("mask.nii.gz"), help="Mask to write, on the input grid (.nii.gz, .nrrd, .mha, .png, .npy)."),
+    overlay: Optional[Path] = typer.Option(None, help="Also write an overlay PNG of the prediction."),
+    checkpoint: Optional[str] = typer.Option(None, help="Checkpoint folder or file instead of the shipped weights."),
+    box: Optional[Tuple[int, int, int, int]] = typer.Option(None, help="Box X0 Y0 X1 Y1 in pixels (x = column), for promptable tools."),
+    modality: Optional[str] = typer.Option(None, help="Modality when metadata does not say."),
+    axis: Optional[int] = typer.Option(None, help="For 3D input to a 2D tool: slice axis (default: coarsest spacing)."),
+) -> None:
+    """Run one tool on one image and write its mask on the input grid.
+
+    Promptable tools also take clicks: --point X Y (positive) and --neg-point X Y (negative), repeatable,
+    in pixels of the image as loaded (x = column, y = row).
+    """
+    import numpy as np
+
+    from medagent.data.io import save_mask, save_overlay_png
+    from medagent.data.sources import open_case, open_dataset
+    from medagent.tools import load_tool
+
+    def run():
+        if (image is None) == (dataset is None):
+            _fail("give exactly one of --image FILE or --dataset NAME --index I")
+        case = open_case(image, modality=modality) if image is not None else open_dataset(dataset).cases(split)[index]
+        tool = load_tool(name, checkpoint=checkpoint, **({"dataset": dataset} if dataset and name != "sam" else {}))
+        inputs = {}
+        if box is not None:
+            inputs["boxes"] = np.asarray([box], dtype=np.float32)
+        clicks = _parse_clicks(ctx.args)
+        if clicks:
+            inputs["points"] = np.asarray([c[0] for c in clicks], dtype=np.float32)
+            inputs["point_labels"] = np.asarray([c[1] for c in clicks], dtype=np.int64)
+        prediction = tool.predict(case, axis=axis, **inputs)
+        save_mask(prediction.mask, case, out)
+        if overlay is not None:
+            save_overlay_png(case, prediction.mask, overlay)
+        labels, counts = np.unique(prediction.mask, return_counts=True)
+        summary = ", ".join(f"{int(l)}: {int(c)} px" for l, c in zip(labels, counts) if l > 0) or "empty mask"
+        _console().print(f"{tool.name} on {case.id} ({case.shape}) -> {out} [{summary}]")
+
+    _run_guarded(run)
+
+
+def _parse_clicks(args: List[str]) -> List[Tuple[Tuple[int, int], int]]:
+    """['--point', '3', '4', '--neg-point', '5', '6'] -> [((3, 4), 1), ((5, 6), 0)]; anything else is an error."""
+    clicks, i = [], 0
+    while i < len(args):
+        flag = args[i]
+        if flag not in ("--point", "--neg-point"):
+            _fail(f"unexpected argument {flag!r} (clicks are --point X Y / --neg-point X Y)")
+        try:
+            xy = (int(args[i + 1]), int(args[i + 2]))
+        except (IndexError, ValueError):
+            _fail(f"{flag} needs two integer pixel coordinates X Y")
+        clicks.append((xy, 1 if flag == "--point" else 0))
+        i += 3
+    return clicks
+
+
+# ---------------------------------------------------------------------------------------------- eval
+@eval_app.command("tool")
+def eval_tool(
+    name: str = typer.Argument(..., help="Tool name."),
+    data: Optional[Path] = typer.Option(None, help="Dataset folder (nnU-Net/MSD, images+labels, YOLO)."),
+    dataset: Optional[str] = typer.Option(None, help="Builtin dataset name."),
+    split: str = typer.Option("test", help="Split to evaluate."),
+    prompt: Optional[str] = typer.Option(None, help="'box': one box per GT component (promptable tools)."),
+    checkpoint: Optional[str] = typer.Option(None, help="Checkpoint instead of the shipped weights."),
+    max_cases: Optional[int] = typer.Option(None, help="Evaluate at most this many cases."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also copy results JSON here."),
+    class_names: Optional[str] = typer.Option(None, help="Override class names: '1=liver,2=tumour'."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files and list them in the results."),
+    seed: int = typer.Option(0, help="Seed (bootstrap, prompts)."),
+    runs_dir: Path = typer.Option(Path("medagent-runs"), help="Where run folders go."),
+) -> None:
+    """Score a tool on a dataset: per-case Dice/IoU/HD95/NSD/ASSD and means with 95% bootstrap CIs."""
+    from medagent.data.sources import open_dataset
+    from medagent.eval.tool_eval import run_tool_eval
+
+    def run():
+        if (data is None) == (dataset is None):
+            _fail("give exactly one of --data DIR or --dataset NAME")
+        ds = open_dataset(data if data is not None else dataset, class_names=_parse_class_names(class_names),
+                          skip_bad=skip_bad, seed=seed)
+        results = run_tool_eval(name, ds, split=split, prompt=prompt, checkpoint=checkpoint, max_cases=max_cases,
+                                json_out=json_out, run_root=runs_dir, seed=seed,
+                                tool_config={"dataset": dataset} if dataset else {})
+        _console().print(f"results: {results}")
+
+    _run_guarded(run)
+
+
+# ---------------------------------------------------------------------------------------------- demo
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("medagent-runs"), help="Where the demo's run folder goes."),
+    quick: bool = typer.Option(False, help="Fewer cases (for tests)."),
+) -> None:
+    """The main job on the embedded default: builtin datasets, tools, metrics (and, as they land, the agent)."""
+    from medagent.demo import run_demo
+
+    _run_guarded(lambda: run_demo(out, quick=quick, console=_console()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

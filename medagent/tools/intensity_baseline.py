@@ -1,0 +1,139 @@
+"""`otsu`: the intensity baseline, the floor of every bench table.
+
+It needs no training: the (channel-averaged) raw intensities are split into
+`n_classes` intensity bands by multi-level Otsu thresholds (scikit-image), falling back to k-means on
+the intensities when Otsu cannot separate that many levels. Bands are numbered by increasing mean
+intensity; the darkest band is background when `background="darkest"`.
+
+Without a mapping it predicts band indices; give `class_names` (band index -> name, in order of
+increasing intensity) to name them, e.g. for T1 MR brain: {1: "cerebrospinal fluid", 2: "grey matter",
+3: "white matter"}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+import json
+from pathlib import Path
+
+import numpy as np
+
+from medagent.data.case import Case
+from medagent.errors import CheckpointError, ConfigError, DataError
+from medagent.tools.base import Prediction, Tool, ToolKind
+
+#: Band names for the builtin tasks, by increasing intensity (used when a dataset name is given).
+PRESETS: dict[str, dict[int, str]] = {
+    "mni-tissue": {1: "cerebrospinal fluid", 2: "grey matter", 3: "white matter"},
+    "generic": {1: "foreground"},
+}
+
+
+@dataclass
+class OtsuConfig:
+    """Config of the intensity baseline.
+
+    Attributes:
+        n_classes: number of intensity bands including background (>= 2).
+        class_names: band index (1 = darkest non-background band) -> class name.
+        background: "darkest" makes the darkest band class 0; "zero" makes exactly-zero pixels class 0 and
+            splits the rest into n_classes - 1 bands (for skull-stripped or masked images).
+    """
+
+    n_classes: int = 2
+    class_names: dict[int, str] = field(default_factory=lambda: dict(PRESETS["generic"]))
+    background: str = "darkest"
+
+    def __post_init__(self) -> None:
+        if self.n_classes < 2:
+            raise ConfigError(f"n_classes must be >= 2, got {self.n_classes}")
+        if self.background not in ("darkest", "zero"):
+            raise ConfigError(f"background must be 'darkest' or 'zero', got {self.background!r}")
+        self.class_names = {int(k): str(v) for k, v in self.class_names.items()}
+
+
+class OtsuTool(Tool):
+    """Multi-Otsu intensity bands as a segmentation."""
+
+    name = "otsu"
+    kind = ToolKind.AUTOMATIC
+    inputs = frozenset()
+
+    def __init__(self, config: OtsuConfig | None = None) -> None:
+        self.config = config or OtsuConfig()
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        return {0: "background", **self.config.class_names}
+
+    def predict_2d(self, case: Case) -> Prediction:
+        if not np.isfinite(case.image).all():
+            raise DataError(f"case {case.id!r}: image has NaN or Inf values")
+        # Raw intensities: Otsu's partition does not change under monotone rescaling, and clipping
+        # (CT windows, percentiles) could merge bands.
+        scaled = case.image.mean(axis=0)
+        if self.config.background == "zero":
+            inside = case.image.max(axis=0) != 0
+            bands = _bands(scaled[inside], self.config.n_classes - 1)
+            mask = np.zeros(scaled.shape, np.uint8)
+            mask[inside] = 1 + np.digitize(scaled[inside], bands).astype(np.uint8)
+        else:
+            bands = _bands(scaled.ravel(), self.config.n_classes)
+            mask = np.digitize(scaled, bands).astype(np.uint8)
+        return Prediction(mask=mask, extras={"thresholds": [float(t) for t in bands]})
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({"tool": self.name, **asdict(self.config)}, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides: object) -> "OtsuTool":
+        path = Path(directory) / "config.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path}: cannot read the otsu config: {exc}") from exc
+        if data.pop("tool", None) != cls.name:
+            raise CheckpointError(f"{path}: not an otsu config (field 'tool' must be 'otsu')")
+        return cls(OtsuConfig(**{**data, **overrides}))
+
+
+def _bands(values: np.ndarray, n: int) -> np.ndarray:
+    """n - 1 increasing thresholds splitting `values` into n bands (multi-Otsu, k-means fallback)."""
+    from skimage.filters import threshold_multiotsu
+
+    if n == 1 or values.size == 0:
+        return np.array([], dtype=np.float32)
+    try:
+        if np.unique(values).size < n:
+            raise ValueError("too few distinct values")
+        return np.asarray(threshold_multiotsu(values, classes=n), dtype=np.float32)
+    except ValueError:
+        # Fewer distinct levels than bands: 1D k-means on the intensities (Lloyd's, quantile start).
+        centres = np.quantile(values, np.linspace(0.1, 0.9, n))
+        for _ in range(20):
+            assign = np.argmin(np.abs(values[:, None] - centres[None]), axis=1)
+            centres = np.array([values[assign == k].mean() if (assign == k).any() else centres[k] for k in range(n)])
+        centres.sort()
+        return ((centres[1:] + centres[:-1]) / 2).astype(np.float32)
+
+
+def build(checkpoint: str | None = None, dataset: str | None = None, n_classes: int | None = None,
+          background: str | None = None) -> OtsuTool:
+    """Build the baseline; `dataset` picks a preset of class names (e.g. "mni-tissue": 4 bands, zero background)."""
+    if checkpoint:
+        return OtsuTool.from_pretrained(checkpoint)
+    if dataset is not None and dataset in PRESETS:
+        names = PRESETS[dataset]
+        config = OtsuConfig(n_classes=len(names) + 1, class_names=names, background="zero" if dataset.startswith("mni") else "darkest")
+    else:
+        config = OtsuConfig()
+    if n_classes is not None:
+        config.n_classes = int(n_classes)
+        if set(config.class_names) != set(range(1, n_classes)):
+            config.class_names = {k: f"class {k}" for k in range(1, n_classes)} if n_classes > 2 else {1: "foreground"}
+    if background is not None:
+        config.background = background
+    config.__post_init__()
+    return OtsuTool(config)
