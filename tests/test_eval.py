@@ -257,3 +257,34 @@ def test_run_tool_eval_writes_results(dataset, tmp_path):
     console.print(table)
     text = console.export_text()
     assert "Liver" in text and "1.000 [1.000, 1.000]" in text
+
+
+class InterruptedTool(GTTool):
+    """The GT tool, interrupted (like Ctrl-C) on case c2 while `explode` is set; counts its calls."""
+
+    def __init__(self) -> None:
+        self.explode = True
+        self.seen: list[str] = []
+
+    def predict(self, case: Case, axis: int | None = None, **inputs: object) -> Prediction:
+        if self.explode and case.id == "c2":
+            raise KeyboardInterrupt
+        self.seen.append(case.id)
+        return super().predict(case, axis, **inputs)
+
+
+def test_run_tool_eval_resumes_after_interruption(dataset, tmp_path):
+    tool = InterruptedTool()
+    with pytest.raises(KeyboardInterrupt):
+        run_tool_eval(tool, dataset, run_root=tmp_path, n_resamples=100, progress=False)
+    (run_dir,) = tmp_path.iterdir()
+    assert len((run_dir / "partial.jsonl").read_text().splitlines()) == 2  # c0 and c1 finished
+    tool.explode, tool.seen = False, []
+    with pytest.raises(ConfigError, match="split"):
+        run_tool_eval(tool, dataset, split="all", resume=run_dir, progress=False)
+    path = run_tool_eval(tool, dataset, resume=run_dir, n_resamples=100, progress=False)
+    assert tool.seen == ["c2", "c3", "vol"]
+    assert path.parent == run_dir and not (run_dir / "partial.jsonl").exists()
+    cases = load_results(path).cases
+    assert len(cases) == 12 and (cases["dice"] == 1.0).all()
+    assert list(cases["case_id"].unique()) == ["c0", "c1", "c2", "c3", "vol"]

@@ -20,6 +20,7 @@ cases on which the tool raises a medagent error are skipped with the reason.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -34,7 +35,7 @@ from medagent.data.case import Case
 from medagent.data.dataset import Dataset
 from medagent.errors import ConfigError, MedagentError
 from medagent.eval.results import CASE_COLUMNS, DEFAULT_METRICS, copy_results, summarize
-from medagent.eval.runs import RunFolder
+from medagent.eval.runs import RunFolder, to_jsonable
 from medagent.metrics import binary_metrics
 from medagent.tools.base import Tool, ToolKind
 
@@ -116,6 +117,7 @@ def evaluate_tool(
     metrics: Iterable[str] = DEFAULT_METRICS,
     tolerance_mm: float = 1.0,
     progress: bool = True,
+    partial: str | Path | None = None,
 ) -> Any:
     """Score `tool` on `dataset[split]`, per case and class (see the module docstring for the rules).
 
@@ -130,6 +132,8 @@ def evaluate_tool(
         metrics: metric names (see `medagent.metrics.METRICS`).
         tolerance_mm: NSD tolerance in mm.
         progress: show a progress bar.
+        partial: a JSONL file that records each finished case; cases already in it are not run again
+            (their recorded rows are reused), so an interrupted evaluation resumes where it stopped.
     Returns:
         pandas DataFrame, one row per (case, class): `CASE_COLUMNS`, the metric columns, and extras
         (gt_voxels, pred_voxels, pred_class_index, n_prompts, n_slices, time_s). Rows skipped and why
@@ -159,56 +163,80 @@ def evaluate_tool(
     def keep_class(index: int, name: str) -> bool:
         return wanted is None or index in wanted[0] or _norm(name) in wanted[1]
 
+    done: dict[str, dict[str, Any]] = {}
+    if partial is not None:
+        partial = Path(partial)
+        if partial.exists():  # one JSON object per finished case; a torn last line is dropped
+            for line in partial.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                done[record["case_id"]] = record
+
     description = f"eval {tool.name} on {dataset.info.name}/{split}"
     for i in track(indices, description=description, disable=not progress, transient=True):
+        if cases.ids[i] in done:
+            record = done[cases.ids[i]]
+            rows += record["rows"]
+            skipped += record["skipped"]
+            unknown_classes.update(record.get("unknown_classes", []))
+            continue
+        n_rows, n_skipped, n_unknown = len(rows), len(skipped), set(unknown_classes)
         case = cases[i]
         if case.label is None:
             skipped.append({"path": case.id, "reason": "case has no label"})
-            continue
-        gt_classes = [c for c in sorted(case.class_names) if c != 0 and keep_class(c, case.class_names[c])]
-        present = set(case.foreground_classes())
-        base = {"method": tool.name, "dataset": dataset.info.name, "case_id": case.id, "subject": case.subject}
-        try:
-            if prompt is None:
-                start = time.perf_counter()
-                pred = tool.predict(case)
-                elapsed = time.perf_counter() - start
-                if pred.mask.shape != case.shape:
-                    raise ConfigError(f"tool {tool.name!r} returned a mask of shape {pred.mask.shape} for case grid {case.shape}")
-                for c in gt_classes:
-                    name = case.class_names[c]
-                    if tool_index is None:
-                        t = c
-                    elif _norm(name) in tool_index:
-                        t = tool_index[_norm(name)]
-                    else:
-                        if name not in unknown_classes:
-                            unknown_classes.add(name)
-                            skipped.append({"path": f"{dataset.info.name}/class/{name}",
-                                            "reason": f"tool {tool.name!r} has no class named {name!r}"})
-                        continue
-                    pred_bin, gt_bin = pred.mask == t, case.label == c
-                    if c not in present and not pred_bin.any():
-                        continue
-                    rows.append({**base, "class_index": c, "class_name": name,
-                                 **binary_metrics(pred_bin, gt_bin, case.spacing, metrics, tolerance_mm=tolerance_mm),
-                                 "gt_voxels": int(gt_bin.sum()), "pred_voxels": int(pred_bin.sum()),
-                                 "pred_class_index": t, "n_prompts": 0, "n_slices": math.nan, "time_s": elapsed})
-            else:
-                for c in gt_classes:
-                    if c not in present:
-                        continue
-                    gt_bin = case.label == c
+        else:
+            gt_classes = [c for c in sorted(case.class_names) if c != 0 and keep_class(c, case.class_names[c])]
+            present = set(case.foreground_classes())
+            base = {"method": tool.name, "dataset": dataset.info.name, "case_id": case.id, "subject": case.subject}
+            try:
+                if prompt is None:
                     start = time.perf_counter()
-                    pred_bin, info = _predict_boxes(tool, case, gt_bin)
+                    pred = tool.predict(case)
                     elapsed = time.perf_counter() - start
-                    rows.append({**base, "class_index": c, "class_name": case.class_names[c],
-                                 **binary_metrics(pred_bin, gt_bin, case.spacing, metrics, tolerance_mm=tolerance_mm),
-                                 "gt_voxels": int(gt_bin.sum()), "pred_voxels": int(pred_bin.sum()),
-                                 "pred_class_index": -1, "n_prompts": info["n_prompts"], "n_slices": info["n_slices"],
-                                 "time_s": elapsed})
-        except MedagentError as exc:  # a tool that cannot handle this case: record it, go on with the rest
-            skipped.append({"path": case.id, "reason": f"{type(exc).__name__}: {exc}"})
+                    if pred.mask.shape != case.shape:
+                        raise ConfigError(f"tool {tool.name!r} returned a mask of shape {pred.mask.shape} for case grid {case.shape}")
+                    for c in gt_classes:
+                        name = case.class_names[c]
+                        if tool_index is None:
+                            t = c
+                        elif _norm(name) in tool_index:
+                            t = tool_index[_norm(name)]
+                        else:
+                            if name not in unknown_classes:
+                                unknown_classes.add(name)
+                                skipped.append({"path": f"{dataset.info.name}/class/{name}",
+                                                "reason": f"tool {tool.name!r} has no class named {name!r}"})
+                            continue
+                        pred_bin, gt_bin = pred.mask == t, case.label == c
+                        if c not in present and not pred_bin.any():
+                            continue
+                        rows.append({**base, "class_index": c, "class_name": name,
+                                     **binary_metrics(pred_bin, gt_bin, case.spacing, metrics, tolerance_mm=tolerance_mm),
+                                     "gt_voxels": int(gt_bin.sum()), "pred_voxels": int(pred_bin.sum()),
+                                     "pred_class_index": t, "n_prompts": 0, "n_slices": math.nan, "time_s": elapsed})
+                else:
+                    for c in gt_classes:
+                        if c not in present:
+                            continue
+                        gt_bin = case.label == c
+                        start = time.perf_counter()
+                        pred_bin, info = _predict_boxes(tool, case, gt_bin)
+                        elapsed = time.perf_counter() - start
+                        rows.append({**base, "class_index": c, "class_name": case.class_names[c],
+                                     **binary_metrics(pred_bin, gt_bin, case.spacing, metrics, tolerance_mm=tolerance_mm),
+                                     "gt_voxels": int(gt_bin.sum()), "pred_voxels": int(pred_bin.sum()),
+                                     "pred_class_index": -1, "n_prompts": info["n_prompts"], "n_slices": info["n_slices"],
+                                     "time_s": elapsed})
+            except MedagentError as exc:  # a tool that cannot handle this case: record it, go on with the rest
+                del rows[n_rows:]
+                skipped.append({"path": case.id, "reason": f"{type(exc).__name__}: {exc}"})
+        if partial is not None:  # record the finished case so a rerun can skip it
+            record = {"case_id": cases.ids[i], "rows": rows[n_rows:], "skipped": skipped[n_skipped:],
+                      "unknown_classes": sorted(unknown_classes - n_unknown)}
+            with open(partial, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
     columns = list(CASE_COLUMNS) + list(metrics) + ["gt_voxels", "pred_voxels", "pred_class_index", "n_prompts", "n_slices", "time_s"]
     df = pd.DataFrame(rows, columns=columns)
     df.attrs["skipped"] = skipped
@@ -230,13 +258,16 @@ def run_tool_eval(
     tolerance_mm: float = 1.0,
     n_resamples: int = 2000,
     progress: bool = True,
+    resume: str | Path | None = None,
 ) -> Path:
     """Evaluate a tool (a registry name, built with `checkpoint` and `tool_config`, or a `Tool`) and write a run folder.
 
     Writes ``<run_root>/eval-tool-<time>/`` with config.json, versions.json, metrics.jsonl, cases.parquet
     and results.json (summary with bootstrap CIs by subject, see `medagent.eval.results`); copies the
     results JSON to `json_out` when given (its "cases" reference rewritten to still find the table).
-    Returns the path of results.json in the run folder.
+    Finished cases are recorded in the run folder's partial.jsonl while the run goes; `resume` (a run
+    folder of an interrupted evaluation with the same tool, dataset and split) continues it instead of
+    starting a new folder. Returns the path of results.json in the run folder.
     """
     if isinstance(tool, str):
         from medagent.tools.registry import load_tool
@@ -251,16 +282,24 @@ def run_tool_eval(
         "split": split, "prompt": prompt, "classes": classes, "max_cases": max_cases,
         "tolerance_mm": tolerance_mm, "n_resamples": n_resamples,
     }
-    run = RunFolder.create("eval tool", config, seed, root=run_root)
+    if resume is None:
+        run = RunFolder.create("eval tool", config, seed, root=run_root)
+    else:
+        run = RunFolder.open(resume)
+        stored = to_jsonable(run.config)
+        differ = [k for k, v in to_jsonable(config).items() if stored.get(k) != v] + (["seed"] if run.seed != seed else [])
+        if differ:
+            raise ConfigError(f"cannot resume {run.path}: it was run with other {', '.join(differ)}")
     start = time.perf_counter()
     df = evaluate_tool(tool_obj, dataset, split=split, prompt=prompt, classes=classes, max_cases=max_cases,
-                       seed=seed, tolerance_mm=tolerance_mm, progress=progress)
+                       seed=seed, tolerance_mm=tolerance_mm, progress=progress, partial=run.file("partial.jsonl"))
     skipped = [{"path": s.path, "reason": s.reason} for s in dataset.skipped] + list(df.attrs.get("skipped", []))
     summary = summarize(df, seed=seed, metrics=DEFAULT_METRICS, n_resamples=n_resamples)
     run.log(step=None, event="evaluated", rows=len(df), cases=int(df["case_id"].nunique()) if len(df) else 0,
             skipped=len(skipped), seconds=round(time.perf_counter() - start, 3))
     path = run.write_results(summary, cases=df, skipped=skipped,
                              extra={"split": split, "prompt": prompt, "tolerance_mm": tolerance_mm})
+    run.file("partial.jsonl").unlink(missing_ok=True)  # cases.parquet now holds every row
     if json_out is not None:
         copy_results(path, json_out)
     return path
