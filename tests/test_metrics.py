@@ -142,6 +142,7 @@ def monai_metrics():
     return torch, mm
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI warns about its own deprecated argument
 @pytest.mark.parametrize(
     "shape,spacing,seed",
     [((48, 56), (0.7, 1.9), 0), ((48, 56), (1.0, 1.0), 1), ((14, 28, 24), (3.0, 0.8, 1.1), 2), ((14, 28, 24), (1.0, 1.0, 1.0), 3)],
