@@ -46,7 +46,8 @@ def _case_affine_3d(like: Case) -> tuple[np.ndarray, int | None]:
     return unslice_affine(affine, axis), axis
 
 
-def _write_nifti(arr: np.ndarray, like: Case, path: Path) -> None:
+def write_nifti(arr: np.ndarray, like: Case, path: Path) -> None:
+    """Write any (H, W) or (D, H, W) array on `like`'s grid as NIfTI (2D gets its singleton axis back)."""
     import nibabel as nib
 
     affine, axis = _case_affine_3d(like)
@@ -102,7 +103,7 @@ def save_mask(mask: np.ndarray, like: Case, path: str | Path) -> Path:
     arr = _mask_array(mask, like, p)
     low = p.name.lower()
     if low.endswith((".nii", ".nii.gz")):
-        writer = _write_nifti
+        writer = write_nifti
     elif low.endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
         writer = _write_itk
     elif low.endswith(".png"):
