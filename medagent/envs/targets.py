@@ -1,0 +1,92 @@
+"""Episode targets: one class, or one instance of a class, in one 2D case, with its instruction.
+
+- A class present in the label with >= `min_area` pixels is one target ("Segment the white matter.").
+- Where the case has an instance map, each instance of >= `min_area` pixels is a target of its own
+  (its class is the most frequent label under it). With several instances of one class the instruction
+  says which, ordered by the distance of their centroids from the top-left corner:
+  "Segment the lesion nearest the top-left corner (1 of 3 lesions)." / "(2nd nearest the top-left corner,
+  2 of 3 lesions)". Classes that have instances are not also offered as a whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medagent.data.case import Case
+
+_ORDINALS = {1: "1st", 2: "2nd", 3: "3rd"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one episode asks for.
+
+    Attributes:
+        class_index: index in the case's label map.
+        class_name: the class's name.
+        instance: instance id in `case.instances`, or 0 for a whole class.
+        instruction: the sentence shown to the policy.
+        area: target size in pixels.
+    """
+
+    class_index: int
+    class_name: str
+    instance: int
+    instruction: str
+    area: int
+
+    def mask(self, case: Case) -> np.ndarray:
+        """Boolean (H, W) mask of this target in `case`."""
+        if self.instance:
+            return np.asarray(case.instances) == self.instance
+        return np.asarray(case.label) == self.class_index
+
+
+def _ordinal(n: int) -> str:
+    return _ORDINALS.get(n, f"{n}th")
+
+
+def list_targets(case: Case, min_area: int = 16) -> list[Target]:
+    """Every target of a labelled 2D case, in a fixed order (instance targets by class, then rank)."""
+    if case.label is None or case.ndim != 2:
+        return []
+    label = np.asarray(case.label)
+    targets: list[Target] = []
+    instance_classes: set[int] = set()
+    if case.instances is not None and np.any(case.instances):
+        inst = np.asarray(case.instances)
+        ids, counts = np.unique(inst[inst > 0], return_counts=True)
+        by_class: dict[int, list[tuple[float, int, int]]] = {}
+        for iid, count in zip(ids.tolist(), counts.tolist()):
+            region = inst == iid
+            values, freq = np.unique(label[region], return_counts=True)
+            cls = int(values[np.argmax(freq)])
+            if cls == 0:
+                continue
+            instance_classes.add(cls)
+            if count < min_area:
+                continue
+            ys, xs = np.nonzero(region)
+            by_class.setdefault(cls, []).append((float(np.hypot(ys.mean(), xs.mean())), int(iid), int(count)))
+        for cls in sorted(by_class):
+            name = case.class_names.get(cls, f"class {cls}")
+            items = sorted(by_class[cls])
+            for rank, (_, iid, count) in enumerate(items, start=1):
+                if len(items) == 1:
+                    text = f"Segment the {name}."
+                elif rank == 1:
+                    text = f"Segment the {name} nearest the top-left corner (1 of {len(items)} {name} instances)."
+                else:
+                    text = (f"Segment the {name} {_ordinal(rank)} nearest the top-left corner "
+                            f"({rank} of {len(items)} {name} instances).")
+                targets.append(Target(cls, name, iid, text, count))
+    for cls in case.foreground_classes():
+        if cls in instance_classes:
+            continue
+        area = int(np.count_nonzero(label == cls))
+        if area >= min_area:
+            name = case.class_names.get(cls, f"class {cls}")
+            targets.append(Target(cls, name, 0, f"Segment the {name}.", area))
+    return targets
