@@ -435,7 +435,8 @@ def _scan_yolo(root: Path, bad: _Bad, scan: _Scan) -> None:
             try:
                 rows = parse_yolo_rows(txt, len(names)) if txt.is_file() else []  # no file: background only
             except DataError as exc:
-                bad(txt, str(exc).split(": ", 1)[1] if str(exc).startswith(str(txt)) else str(exc))
+                where, _, reason = str(exc).partition(": ")  # "file:line", what is wrong
+                bad(where, reason)
                 continue
             case_id = stem(img) if stem(img) not in seen else f"{key}_{stem(img)}"
             seen.add(case_id)

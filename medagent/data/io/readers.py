@@ -81,6 +81,15 @@ def read_nifti(path: Path, as_label: bool = False) -> RawImage:
     return RawImage(arr, spacing, affine, grid=grid)
 
 
+def _itk_reason(exc: Exception) -> str:
+    """The one informative line of a SimpleITK exception (drops C++ file names and object addresses)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "ITK ERROR" in ln:
+            return ln.split("): ", 1)[-1]
+    return lines[-1] if lines else type(exc).__name__
+
+
 def read_itk(path: Path, as_label: bool = False) -> RawImage:
     import SimpleITK as sitk
 
@@ -88,7 +97,7 @@ def read_itk(path: Path, as_label: bool = False) -> RawImage:
         img = sitk.ReadImage(str(path))
         data = sitk.GetArrayFromImage(img)
     except Exception as exc:
-        raise DataError(f"{path}: cannot read {path.suffix} file with SimpleITK: {str(exc).strip().splitlines()[-1]}") from exc
+        raise DataError(f"{path}: cannot read {path.suffix} file with SimpleITK: {_itk_reason(exc)}") from exc
     dim = img.GetDimension()
     if dim not in (2, 3):
         raise DataError(f"{path}: {dim}D images are not supported (2D or 3D only)")
