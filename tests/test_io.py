@@ -272,3 +272,11 @@ def test_overlay_2d_and_3d(tmp_path):
     out3 = np.array(Image.open(save_overlay_png(case3, None, tmp_path / "o3.png", alpha=1.0, contours=False, min_size=8)))
     assert out3.shape == (8, 8, 3)
     assert (out3.reshape(-1, 3) == class_colour(1)).all(axis=1).sum() == 36
+
+
+def test_pydicom_shipped_ct_file_reads_in_hu():
+    from pydicom.data import get_testdata_file
+
+    case = load_image(get_testdata_file("CT_small.dcm"))
+    assert case.modality == "CT" and case.image.shape == (1, 128, 128)
+    assert case.image.min() < -500 < 500 < case.image.max()  # air and bone in HU after the modality LUT

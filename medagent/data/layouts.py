@@ -484,9 +484,12 @@ def _probe_ndim(path: Path) -> int:
             reader.ReadImageInformation()
             size = reader.GetSize()
             return 3 if len(size) == 3 and min(size) > 1 else 2
+        if low.endswith(".npy"):
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            return 3 if len(shape) == 4 or (len(shape) == 3 and shape[-1] not in (3, 4)) else 2
     except Exception:
         return 2  # the real error surfaces, with its message, when the case is loaded
-    return 2
+    return 2  # PNG/JPEG/BMP; TIFF stacks, NPZ and DICOM are not probed (reported as 2D here)
 
 
 def load_folder(path: str | Path, *, layout: str | None = None, class_names: dict[int, str] | None = None,

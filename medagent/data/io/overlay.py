@@ -26,17 +26,23 @@ def class_colour(index: int) -> tuple[int, int, int]:
 def overlay_rgb(image_rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.5, contours: bool = True) -> np.ndarray:
     """Blend a class map (H, W) over a uint8 (H, W, 3) image; class k gets `class_colour(k)`.
 
-    With `contours`, each class's boundary is drawn opaque so thin structures stay visible.
+    With `contours`, each class's boundary is drawn opaque (about 1/300 of the short side wide, at least
+    one pixel) so thin structures stay visible.
     """
+    from scipy.ndimage import binary_dilation
     from skimage.segmentation import find_boundaries
 
     out = image_rgb.astype(np.float32)
+    width = max(1, int(round(min(mask.shape) / 300)))  # outline stays visible on large images
     for k in (int(v) for v in np.unique(mask) if v > 0):
         region = mask == k
         colour = np.array(class_colour(k), dtype=np.float32)
         out[region] = (1 - alpha) * out[region] + alpha * colour
         if contours:
-            out[find_boundaries(region, mode="inner")] = colour
+            edge = find_boundaries(region, mode="inner")
+            if width > 1:
+                edge = binary_dilation(edge, iterations=width - 1) & region
+            out[edge] = colour
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
