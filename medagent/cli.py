@@ -28,9 +28,12 @@ app.add_typer(eval_app, name="eval")
 
 
 def _console():
+    import sys
+
     from rich.console import Console
 
-    return Console()
+    # Piped or captured output gets a wide console so tables do not wrap names mid-word.
+    return Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _fail(message: str) -> None:
@@ -81,20 +84,9 @@ def _parse_class_names(text: Optional[str]) -> Optional[dict[int, str]]:
 @data_app.command("list")
 def data_list() -> None:
     """List the builtin datasets with their modality, classes, label origin and counts per split."""
-    from rich.table import Table
+    from medagent.eval.catalog import datasets_table
 
-    from medagent.data.builtin import list_builtin, load_builtin
-
-    table = Table(title="Builtin datasets (embedded: derived from files installed packages ship)")
-    for col in ("name", "modality", "classes", "labels", "train", "val", "test", "licence"):
-        table.add_column(col)
-    for spec in list_builtin():
-        ds = _run_guarded(lambda: load_builtin(spec.name))
-        counts = ds.counts()
-        classes = ", ".join(v for k, v in sorted(ds.info.class_names.items()) if k > 0)
-        table.add_row(spec.name, ds.info.modality, classes, ds.info.label_origin,
-                      *(str(counts.get(s, 0)) for s in ("train", "val", "test")), ds.info.license)
-    _console().print(table)
+    _console().print(_run_guarded(datasets_table))
 
 
 @data_app.command("show")
@@ -144,19 +136,9 @@ def data_export(
 @tool_app.command("list")
 def tool_list() -> None:
     """List the registered tools, their kind and whether shipped weights are present."""
-    from rich.table import Table
+    from medagent.eval.catalog import tools_table
 
-    from medagent.tools import list_tools
-    from medagent.weights import read_manifest
-
-    shipped = read_manifest()
-    table = Table(title="Segmentation tools")
-    for col in ("name", "kind", "weights", "what it is"):
-        table.add_column(col, overflow="fold")
-    for spec in list_tools():
-        weights = "-" if spec.weights is None else (spec.weights if spec.weights in shipped else f"{spec.weights} (missing)")
-        table.add_row(spec.name, spec.kind.value, weights, spec.summary)
-    _console().print(table)
+    _console().print(_run_guarded(tools_table))
 
 
 @tool_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

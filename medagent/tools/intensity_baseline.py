@@ -25,6 +25,7 @@ from medagent.tools.base import Prediction, Tool, ToolKind
 #: Band names for the builtin tasks, by increasing intensity (used when a dataset name is given).
 PRESETS: dict[str, dict[int, str]] = {
     "mni-tissue": {1: "cerebrospinal fluid", 2: "grey matter", 3: "white matter"},
+    "nuclei": {1: "nucleus"},
     "generic": {1: "foreground"},
 }
 

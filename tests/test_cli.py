@@ -1,0 +1,122 @@
+"""The `medagent` command through typer's CliRunner (a subprocess would pay a cold import)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medagent.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    return result
+
+
+def _write_pair_folder(root, n=4, volume=False):
+    """images/ + labels/ folder of NIfTI files: a bright square (label 1) on a dark background."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        shape = (24, 24, 6) if volume else (24, 24, 1)
+        img = rng.normal(10, 1, size=shape).astype(np.float32)
+        lab = np.zeros(shape, np.uint8)
+        lab[6 + i:16 + i, 5:15] = 1
+        img[lab > 0] += 50
+        affine = np.diag([0.8, 0.8, 2.5, 1.0])
+        nib.save(nib.Nifti1Image(img, affine), root / "images" / f"case{i}.nii.gz")
+        nib.save(nib.Nifti1Image(lab, affine), root / "labels" / f"case{i}.nii.gz")
+    return root
+
+
+def test_version_and_help():
+    result = invoke("--version")
+    assert result.exit_code == 0 and "medagent" in result.stdout
+    result = invoke("--help")
+    for group in ("data", "tool", "eval", "demo"):
+        assert group in result.stdout
+
+
+def test_tool_list_shows_baseline():
+    result = invoke("tool", "list")
+    assert result.exit_code == 0 and "otsu" in result.stdout
+
+
+def test_data_list_shows_builtin_datasets():
+    result = invoke("data", "list")
+    assert result.exit_code == 0, result.stdout
+    for name in ("mni-tissue", "mni-lesion", "nuclei", "ct-phantom", "phantom"):
+        assert name in result.stdout
+
+
+def test_data_show_writes_overlay(tmp_path):
+    out = tmp_path / "x.png"
+    result = invoke("data", "show", "phantom", "--index", "0", "--out", str(out))
+    assert result.exit_code == 0, result.stdout
+    assert out.exists() and out.stat().st_size > 100
+
+
+@pytest.mark.parametrize("volume", [False, True])
+def test_tool_run_otsu_on_nifti_writes_mask_on_input_grid(tmp_path, volume):
+    folder = _write_pair_folder(tmp_path / "d", n=1, volume=volume)
+    out = tmp_path / "mask.nii.gz"
+    result = invoke("tool", "run", "otsu", "--image", str(folder / "images" / "case0.nii.gz"), "--out", str(out))
+    assert result.exit_code == 0, result.stdout
+    src = nib.load(folder / "images" / "case0.nii.gz")
+    got = nib.load(out)
+    assert got.shape == src.shape
+    np.testing.assert_allclose(got.affine, src.affine)
+    gt = np.asarray(nib.load(folder / "labels" / "case0.nii.gz").dataobj)
+    assert (np.asarray(got.dataobj) == gt).mean() > 0.95
+
+
+def test_tool_run_bad_input_is_one_clear_line(tmp_path):
+    result = invoke("tool", "run", "otsu", "--image", str(tmp_path / "missing.nii.gz"), "--out", str(tmp_path / "m.nii.gz"))
+    assert result.exit_code == 2
+    assert "missing.nii.gz" in result.stdout and "Traceback" not in result.stdout
+    result = invoke("tool", "run", "otsu", "--out", str(tmp_path / "m.nii.gz"))
+    assert result.exit_code == 2 and "exactly one" in result.stdout
+
+
+def test_eval_tool_on_folder_writes_results(tmp_path):
+    folder = _write_pair_folder(tmp_path / "d", n=4)
+    out = tmp_path / "out.json"
+    result = invoke("eval", "tool", "otsu", "--data", str(folder), "--split", "all", "--json", str(out),
+                    "--runs-dir", str(tmp_path / "runs"))
+    assert result.exit_code == 0, result.stdout
+    results = json.loads(out.read_text())
+    assert set(results) >= {"run", "summary", "cases", "skipped"}
+    dice = results["summary"]["otsu"]
+    (dataset_summary,) = dice.values()
+    assert dataset_summary["foreground"]["dice"]["mean"] > 0.9
+
+
+def test_data_export_round_trip(tmp_path):
+    out = tmp_path / "nnunet"
+    result = invoke("data", "export", "phantom", "--to", str(out))
+    assert result.exit_code == 0, result.stdout
+    assert (out / "dataset.json").exists()
+    from medagent.data import load_builtin, load_folder
+
+    again = load_folder(out)
+    original = load_builtin("phantom")
+    assert again.counts() == original.counts()
+    a, b = original.cases("test")[0], again.cases("test")[0]
+    np.testing.assert_array_equal(a.label, b.label)
+    np.testing.assert_allclose(a.image, b.image, atol=1e-5)
+
+
+def test_demo_quick_writes_a_run_folder(tmp_path):
+    result = invoke("demo", "--quick", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.stdout
+    (run,) = list(tmp_path.iterdir())
+    results = json.loads((run / "results.json").read_text())
+    assert "otsu" in results["summary"] and (run / "cases.parquet").exists()
+    assert any(p.suffix == ".png" for p in (run / "overlays").iterdir())
