@@ -34,3 +34,19 @@ register_tool(ToolSpec(
     builder="build_allukan",
     weights="allukan-mni-tissue",
 ))
+
+register_tool(ToolSpec(
+    name="sam",
+    kind=ToolKind.PROMPTABLE,
+    summary="Segment Anything: box / points / previous-mask prompts, batched boxes, embedding cache; shipped tiny SAM or an official SAM / MedSAM .pth (checkpoint=PATH).",
+    module="medagent.tools.sam.tool",
+    weights="sam-tiny",
+))
+
+register_tool(ToolSpec(
+    name="refine",
+    kind=ToolKind.REFINER,
+    summary="Discrete-diffusion contour refiner: image + coarse binary mask -> refined mask, contour map and closed polygons in a few steps.",
+    module="medagent.tools.refiner.tool",
+    weights="refine-tiny",
+))
