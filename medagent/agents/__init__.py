@@ -1,1 +1,31 @@
-"""Expert and baseline agents and the MLLM policy. Arrives with issue 7."""
+"""Agents that play InteractiveSegEnv by writing tool-call messages: the expert and honest baselines.
+
+    from medagent.agents import ExpertAgent, run_episode
+    result = run_episode(env, ExpertAgent(), seed=0)
+    result.dice, result.turns, result.score
+"""
+
+from medagent.agents.base import Agent, EpisodeResult, Step, run_episode
+from medagent.agents.baselines import AutoAgent, MeanBoxAgent, OracleBoxAgent, RandomAgent
+from medagent.agents.expert import ExpertAgent, ExpertConfig, interior_point, largest_error_regions
+
+AGENTS = {
+    "expert": ExpertAgent,
+    "oracle-box": OracleBoxAgent,
+    "mean-box": MeanBoxAgent,
+    "auto": AutoAgent,
+    "random": RandomAgent,
+}
+
+
+def make_agent(name: str, **kwargs) -> Agent:
+    """Build an agent by name (one of `AGENTS`)."""
+    if name not in AGENTS:
+        raise ValueError(f"unknown agent {name!r}; choose from {', '.join(AGENTS)}")
+    return AGENTS[name](**kwargs)
+
+
+__all__ = [
+    "AGENTS", "Agent", "AutoAgent", "EpisodeResult", "ExpertAgent", "ExpertConfig", "MeanBoxAgent", "OracleBoxAgent",
+    "RandomAgent", "Step", "interior_point", "largest_error_regions", "make_agent", "run_episode",
+]

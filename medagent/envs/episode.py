@@ -144,6 +144,22 @@ class Episode:
             self.truncated = True
         return CallResult(call, outcome, text, reward, self.iou, self.dice)
 
+    def fork(self) -> "Episode":
+        """An independent copy of the state (same case, tools and config) to try calls on without
+        touching this episode; used by the expert agent to test candidate actions."""
+        other = Episode.__new__(Episode)
+        other.__dict__.update(self.__dict__)
+        other.mask = self.mask.copy()
+        if self.session is not None:
+            other.session = PromptSession(self.session.tool, self.case)
+            other.session.state = self.session.state.copy()
+        other.undo_stack = list(self.undo_stack)
+        other.trace = EpisodeTrace(list(self.trace.calls), self.trace.format_failed, self.trace.nsd, self.trace.hd95)
+        other.shaper = PotentialReward(self.config.reward)
+        other.shaper.potential, other.shaper.total = self.shaper.potential, self.shaper.total
+        other.history = list(self.history)
+        return other
+
     def prompts(self) -> tuple[list[int] | None, list[list[int]], list[int]]:
         """Current box, clicks and click labels in original pixels (for rendering)."""
         if self.session is None:
@@ -162,7 +178,7 @@ class Episode:
             mask, state = self.undo_stack.pop()
             self.mask = mask
             if self.session is not None and state is not None:
-                self.session.state = state
+                self.session.state = state.copy()  # snapshots may be shared with forks: never mutate them
             return "undo", f"Back to the previous mask ({self._area_text()})."
         if name in ("add_bbox", "add_point"):
             session = self._session()
