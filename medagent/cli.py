@@ -24,7 +24,9 @@ tool_app = typer.Typer(help="Segmentation tools: list them, run one on an image.
 eval_app = typer.Typer(help="Evaluate tools (and agents) on datasets; writes a run folder and results JSON.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(tool_app, name="tool")
+train_app = typer.Typer(help="Train tools (and, as they land, the policy).", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+app.add_typer(train_app, name="train")
 
 
 def _console():
@@ -235,6 +237,40 @@ def eval_tool(
                                 json_out=json_out, run_root=runs_dir, seed=seed,
                                 tool_config={"dataset": dataset} if dataset else {})
         _console().print(f"results: {results}")
+
+    _run_guarded(run)
+
+
+# ---------------------------------------------------------------------------------------------- train
+@train_app.command("tool")
+def train_tool_cmd(
+    name: str = typer.Argument(..., help="Tool to train: unet, ifunet, allukan, sam, refine, ctta-source."),
+    dataset: Optional[str] = typer.Option(None, help="Builtin dataset name (some trainers take several: repeat via --set datasets='[...]')."),
+    data: Optional[str] = typer.Option(None, help="Dataset folder (nnU-Net/MSD, images+labels, YOLO)."),
+    steps: Optional[int] = typer.Option(None, help="Optimisation steps."),
+    seed: Optional[int] = typer.Option(None, help="Seed."),
+    out: Optional[str] = typer.Option(None, help="Output folder (best/ and last/ checkpoints, metrics.jsonl)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any other config field: --set lr=0.001 (repeatable; JSON values)."),
+    show_config: bool = typer.Option(False, help="Print the resolved config and exit."),
+) -> None:
+    """Train a tool with its trainer config; resumes from OUT/last when it exists."""
+    import dataclasses
+
+    from medagent.train.launch import make_config, train
+
+    def run():
+        overrides = {}
+        for item in set_ or []:
+            if "=" not in item:
+                _fail(f"--set expects field=value, got {item!r}")
+            key, value = item.split("=", 1)
+            overrides[key.strip()] = value
+        config = make_config(name, dataset=dataset, data=data, steps=steps, seed=seed, out=out, overrides=overrides)
+        if show_config:
+            _console().print(dataclasses.asdict(config))
+            return
+        best = train(name, config)
+        _console().print(f"best checkpoint: {best}  (use it with --checkpoint {best})")
 
     _run_guarded(run)
 

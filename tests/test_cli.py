@@ -120,3 +120,15 @@ def test_demo_quick_writes_a_run_folder(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert "otsu" in results["summary"] and (run / "cases.parquet").exists()
     assert any(p.suffix == ".png" for p in (run / "overlays").iterdir())
+
+
+def test_train_tool_cli_runs_and_rejects_unknown_fields(tmp_path):
+    result = invoke("train", "tool", "unet", "--dataset", "nuclei", "--steps", "2", "--out", str(tmp_path / "run"),
+                    "--set", "batch_size=2", "--set", "crop_size=32", "--set", "val_every=2", "--set", "max_val_cases=2",
+                    "--set", 'model_config={"width": 4, "depth": 2}', "--set", "progress=false")
+    assert result.exit_code == 0, result.stdout
+    assert (tmp_path / "run" / "best" / "model.safetensors").exists()
+    result = invoke("train", "tool", "unet", "--set", "no_such_field=1")
+    assert result.exit_code == 2 and "no_such_field" in result.stdout
+    result = invoke("train", "tool", "nope")
+    assert result.exit_code == 2 and "trainable tools" in result.stdout
