@@ -246,3 +246,36 @@ def load_official(path: str | Path, model_type: str | None = None) -> tuple["tor
     model = build_sam(OFFICIAL_ARCHS[detected])
     load_state_dict_strict(model, state, path)
     return model, detected
+
+
+def decode_per_prompt(
+    decoder: "torch.nn.Module",
+    image_embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse: torch.Tensor,
+    dense: torch.Tensor,
+    multimask: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`MaskDecoder.forward` for a batch where prompt set i has its own image embedding.
+
+    segment_anything's decoder repeats one image embedding for every prompt set; training on several
+    images at once needs one embedding per prompt set. Same computation, same modules:
+    image_embeddings / dense (N, C, G, G), image_pe (1, C, G, G), sparse (N, T, C).
+    Returns low-res logits (N, K, 4G, 4G) and predicted IoU (N, K), K = 3 with multimask else 1.
+    """
+    n = sparse.shape[0]
+    out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat([out_tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)
+    src = image_embeddings + dense
+    pos = image_pe.expand(n, -1, -1, -1)
+    b, c, h, w = src.shape
+    hs, src = decoder.transformer(src, pos, tokens)
+    iou_out = hs[:, 0, :]
+    mask_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
+    up = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper = torch.stack([mlp(mask_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
+    b, c, h, w = up.shape
+    masks = (hyper @ up.view(b, c, h * w)).view(b, -1, h, w)
+    iou = decoder.iou_prediction_head(iou_out)
+    sl = slice(1, None) if multimask else slice(0, 1)
+    return masks[:, sl], iou[:, sl]
