@@ -25,8 +25,12 @@ eval_app = typer.Typer(help="Evaluate tools (and agents) on datasets; writes a r
 app.add_typer(data_app, name="data")
 app.add_typer(tool_app, name="tool")
 train_app = typer.Typer(help="Train tools (and, as they land, the policy).", no_args_is_help=True)
-app.add_typer(eval_app, name="eval")
+env_app = typer.Typer(help="The interactive segmentation environment: play agents in it.", no_args_is_help=True)
+traj_app = typer.Typer(help="Expert trajectories: generate, export for TRL SFT, show.", no_args_is_help=True)
+app.add_typer(env_app, name="env")
+app.add_typer(traj_app, name="trajectories")
 app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 
 
 def _console():
@@ -237,6 +241,120 @@ def eval_tool(
                                 json_out=json_out, run_root=runs_dir, seed=seed,
                                 tool_config={"dataset": dataset} if dataset else {})
         _console().print(f"results: {results}")
+
+    _run_guarded(run)
+
+
+# ---------------------------------------------------------------------------------------------- env
+def _env_settings(dataset: Optional[str], data: Optional[Path], split: str, max_turns: int, image_size: int) -> dict:
+    if dataset is not None and data is not None:
+        _fail("give at most one of --dataset NAME or --data DIR")
+    settings: dict = {"split": split, "max_turns": max_turns, "image_size": image_size}
+    if data is not None:
+        settings["data_dir"] = str(data)
+    elif dataset is not None:
+        settings["dataset"] = dataset
+    return settings
+
+
+@env_app.command("play")
+def env_play(
+    dataset: Optional[str] = typer.Option(None, help="Builtin dataset (default: the env's default)."),
+    data: Optional[Path] = typer.Option(None, help="Dataset folder."),
+    split: str = typer.Option("test", help="Split episodes come from."),
+    agent: str = typer.Option("expert", help="expert, oracle-box, mean-box, auto or random."),
+    episodes: int = typer.Option(5, help="Episodes to play."),
+    out: Optional[Path] = typer.Option(None, help="Folder for frames (per episode: step PNGs, final.png, actions.json)."),
+    max_turns: int = typer.Option(5, help="Turns before truncation."),
+    image_size: int = typer.Option(512, help="Side of the image the policy sees, pixels."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """Play episodes with an agent; print per-episode Dice, turns and rewards."""
+    from rich.table import Table
+
+    from medagent.agents.play import play
+
+    def run():
+        rows = play(_env_settings(dataset, data, split, max_turns, image_size), agent=agent, episodes=episodes,
+                    out=out, seed=seed)
+        table = Table(title=f"{agent} on {dataset or data or 'the default dataset'} ({split})")
+        for col in ("episode", "case", "Dice", "IoU", "turns", "episode score", "sum of rewards", "actions"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            names = [a.split('"name": "')[1].split('"')[0] if '"name": "' in a else "?" for a in r["actions"]]
+            table.add_row(str(r["episode"]), r["case"], f"{r['dice']:.3f}", f"{r['iou']:.3f}", str(r["turns"]),
+                          f"{r['episode_score']:.3f}", f"{r['total_reward']:.3f}", " > ".join(names))
+        _console().print(table)
+        mean = sum(r["dice"] for r in rows) / max(len(rows), 1)
+        _console().print(f"mean Dice {mean:.3f} over {len(rows)} episodes" + (f"; frames in {out}" if out else ""))
+
+    _run_guarded(run)
+
+
+# ---------------------------------------------------------------------------------------------- trajectories
+@traj_app.command("generate")
+def traj_generate(
+    out: Path = typer.Option(..., help="Output folder (shards of a Hugging Face dataset on disk)."),
+    agent: str = typer.Option("expert", help="Agent that plays."),
+    dataset: Optional[str] = typer.Option(None, help="Builtin dataset."),
+    data: Optional[Path] = typer.Option(None, help="Dataset folder."),
+    split: str = typer.Option("train", help="Split episodes come from."),
+    episodes: int = typer.Option(100, help="Episodes."),
+    workers: int = typer.Option(1, help="Worker processes (same seed -> same trajectories for any count)."),
+    shard_size: int = typer.Option(16, help="Episodes per shard (the unit of atomic writes and resume)."),
+    max_turns: int = typer.Option(5, help="Turns before truncation."),
+    image_size: int = typer.Option(512, help="Policy image side, pixels."),
+    seed: int = typer.Option(0, help="Seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted generation in OUT."),
+) -> None:
+    """Generate trajectories with an agent, stored durably and resumably."""
+    import functools
+
+    from medagent.envs import InteractiveSegEnv
+    from medagent.trajectories import GenerateConfig, generate
+
+    def run():
+        settings = _env_settings(dataset, data, split, max_turns, image_size)
+        config = GenerateConfig(agent=agent, episodes=episodes, seed=seed, shard_size=shard_size, workers=workers)
+        path = generate(functools.partial(InteractiveSegEnv, **settings), out, config, resume=resume,
+                        env_description=settings, progress=True)
+        _console().print(f"trajectories in {path}")
+
+    _run_guarded(run)
+
+
+@traj_app.command("export")
+def traj_export(
+    path: Path = typer.Argument(..., help="Trajectory folder from `generate`."),
+    out: Path = typer.Option(..., help="Output folder (datasets on disk: train and val)."),
+    format: str = typer.Option("trl", help="Export format (trl: messages + images for SFTTrainer)."),
+    val_fraction: float = typer.Option(0.1, help="Fraction of subjects held out for validation."),
+    min_score: Optional[float] = typer.Option(None, help="Keep only episodes scoring at least this."),
+) -> None:
+    """Export trajectories as TRL SFT data (split by subject: no subject in both splits)."""
+    from medagent.trajectories import export_trl
+
+    def run():
+        if format != "trl":
+            _fail(f"--format {format!r} is not supported; use trl")
+        result = export_trl(path, out, val_fraction=val_fraction, min_score=min_score)
+        _console().print(f"exported to {out}: {result}")
+
+    _run_guarded(run)
+
+
+@traj_app.command("show")
+def traj_show(
+    path: Path = typer.Argument(..., help="Trajectory folder."),
+    index: int = typer.Option(0, help="Episode index."),
+    out: Path = typer.Option(Path("episode-frames"), help="Folder for the frames."),
+) -> None:
+    """Write an episode's frames as PNGs plus its actions."""
+    from medagent.trajectories import show
+
+    def run():
+        files = show(path, index, out)
+        _console().print(f"wrote {len(files)} frames to {out}")
 
     _run_guarded(run)
 
