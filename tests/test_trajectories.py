@@ -69,3 +69,19 @@ def test_export_trl_messages_and_show(tmp_path):
     assert files[0].name == "step-00.png" and files[-1].name == "final.png" and all(f.exists() for f in files)
     with pytest.raises(ConfigError):
         show(src, 99, tmp_path / "none")
+
+
+def test_export_with_an_empty_val_split(tmp_path):
+    """Few subjects: an empty val split is left out, and the export still loads."""
+    import functools
+
+    import datasets
+
+    from medagent.envs.testing import make_env
+    from medagent.trajectories import GenerateConfig, export_trl, generate
+
+    out = generate(functools.partial(make_env), tmp_path / "t", GenerateConfig(episodes=2, shard_size=2, seed=3))
+    result = export_trl(out, tmp_path / "sft", val_fraction=0.0)
+    assert len(result["train"]) == 2 and "val" not in result
+    again = datasets.load_from_disk(str(tmp_path / "sft"))
+    assert list(again) == ["train"] and len(again["train"]) == 2

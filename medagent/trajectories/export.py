@@ -72,7 +72,7 @@ def is_val_subject(subject: str, val_fraction: float) -> bool:
 
 
 def export_trl(path: str | Path, out: str | Path, val_fraction: float = 0.1, min_score: float | None = None) -> Any:
-    """Write a `datasets.DatasetDict` ("train", "val") of TRL VLM chat examples to `out` and return it.
+    """Write a `datasets.DatasetDict` ("train", and "val" when it has episodes) of TRL VLM chat examples to `out`.
 
     Args:
         path: a trajectory folder (`generate`).
@@ -102,7 +102,11 @@ def export_trl(path: str | Path, out: str | Path, val_fraction: float = 0.1, min
         "images": datasets.Sequence(datasets.Image()),
         "subject": datasets.Value("string"), "episode": datasets.Value("int64"), "episode_score": datasets.Value("float64"),
     })
-    result = datasets.DatasetDict({name: datasets.Dataset.from_list(items, features=features) for name, items in splits.items()})
+    if not splits["train"]:
+        raise ConfigError(f"{path}: no episode left for the train split (min_score={min_score}, val_fraction={val_fraction})")
+    # An empty split (few subjects) is left out: datasets 5.2 cannot load an empty split back from disk.
+    result = datasets.DatasetDict({name: datasets.Dataset.from_list(items, features=features)
+                                   for name, items in splits.items() if items})
     result.save_to_disk(str(out))
     return result
 
