@@ -161,6 +161,11 @@ def tool_run(
     box: Optional[Tuple[int, int, int, int]] = typer.Option(None, help="Box X0 Y0 X1 Y1 in pixels (x = column), for promptable tools."),
     modality: Optional[str] = typer.Option(None, help="Modality when metadata does not say."),
     axis: Optional[int] = typer.Option(None, help="For 3D input to a 2D tool: slice axis (default: coarsest spacing)."),
+    ref: Optional[List[Path]] = typer.Option(None, help="Few-shot tools: a reference image (repeatable, with --ref-mask)."),
+    ref_mask: Optional[List[Path]] = typer.Option(None, help="Few-shot tools: the reference's binary mask (repeatable)."),
+    mask: Optional[Path] = typer.Option(None, help="Refiners: the coarse binary mask to refine (on the image's grid)."),
+    source: Optional[str] = typer.Option(None, help="Adaptive tools: the source model (e.g. mni-tissue) to adapt."),
+    stream: Optional[Path] = typer.Option(None, help="Adaptive tools: a folder of images adapted to in sorted order; --out is then a folder."),
 ) -> None:
     """Run one tool on one image and write its mask on the input grid.
 
@@ -174,10 +179,16 @@ def tool_run(
     from medagent.tools import load_tool
 
     def run():
+        if stream is not None:
+            from medagent.tools.tta.stream import adapt_folder
+
+            written = adapt_folder(name, source or "mni-tissue", stream, out)
+            _console().print(f"{name}: adapted over {len(written)} images of {stream} in order; masks in {out}")
+            return
         if (image is None) == (dataset is None):
             _fail("give exactly one of --image FILE or --dataset NAME --index I")
         case = open_case(image, modality=modality) if image is not None else open_dataset(dataset).cases(split)[index]
-        tool = load_tool(name, checkpoint=checkpoint, **({"dataset": dataset} if dataset and name != "sam" else {}))
+        tool = load_tool(name, checkpoint=checkpoint, dataset=dataset or source)
         inputs = {}
         if box is not None:
             inputs["boxes"] = np.asarray([box], dtype=np.float32)
@@ -185,6 +196,16 @@ def tool_run(
         if clicks:
             inputs["points"] = np.asarray([c[0] for c in clicks], dtype=np.float32)
             inputs["point_labels"] = np.asarray([c[1] for c in clicks], dtype=np.int64)
+        if ref or ref_mask:
+            if len(ref or []) != len(ref_mask or []):
+                _fail(f"give one --ref-mask per --ref (got {len(ref or [])} images and {len(ref_mask or [])} masks)")
+            from medagent.tools.cps import load_references
+
+            inputs["references"] = load_references(list(ref), list(ref_mask))
+        if mask is not None:
+            from medagent.data.io import load_label
+
+            inputs["mask"] = load_label(mask, like=case)
         prediction = tool.predict(case, axis=axis, **inputs)
         save_mask(prediction.mask, case, out)
         if overlay is not None:

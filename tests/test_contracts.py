@@ -142,3 +142,21 @@ def test_shipped_weights_match_manifest_and_caps():
     from medagent.weights import verify_weights
 
     assert verify_weights() == []
+
+
+def test_dataset_context_reaches_only_per_dataset_tools(monkeypatch):
+    from medagent.tools import registry
+
+    seen = {}
+
+    def builder(checkpoint=None, **config):
+        seen.update(config)
+        return _Centre()
+
+    monkeypatch.setattr(registry, "_register_builtin", lambda: None)
+    monkeypatch.setitem(registry.TOOL_REGISTRY, "fake-prompt", registry.ToolSpec("fake-prompt", ToolKind.PROMPTABLE, "x", __name__))
+    import sys
+
+    monkeypatch.setattr(sys.modules[__name__], "build", builder, raising=False)  # the spec's module is this test file
+    load_tool("fake-prompt", dataset="nuclei", steps=3)
+    assert seen == {"steps": 3}

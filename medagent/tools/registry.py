@@ -69,9 +69,19 @@ def get_spec(name: str) -> ToolSpec:
     return TOOL_REGISTRY[name]
 
 
+#: Tool kinds whose shipped weights are per dataset (`dataset=` picks them); other kinds ignore `dataset`.
+PER_DATASET_KINDS = (ToolKind.AUTOMATIC, ToolKind.ADAPTIVE)
+
+
 def load_tool(name: str, checkpoint: str | None = None, **config: Any) -> Tool:
-    """Build tool `name` with its shipped weights, or from `checkpoint` (a folder or file) when given."""
+    """Build tool `name` with its shipped weights, or from `checkpoint` (a folder or file) when given.
+
+    `dataset=` selects per-dataset weights for automatic and adaptive tools; other tools ignore it, so
+    callers may pass it to every tool alike.
+    """
     spec = get_spec(name)
+    if spec.kind not in PER_DATASET_KINDS:
+        config.pop("dataset", None)
     try:
         return spec.build(checkpoint=checkpoint, **config)
     except ModuleNotFoundError as exc:  # an optional dependency is missing
