@@ -50,3 +50,40 @@ register_tool(ToolSpec(
     module="medagent.tools.refiner.tool",
     weights="refine-tiny",
 ))
+
+# -- continual test-time adaptation (medagent.tools.tta; source models ctta-source-<dataset>) --
+register_tool(ToolSpec(
+    name="noadapt",
+    kind=ToolKind.ADAPTIVE,
+    summary="CTTA reference: the frozen clean-centre source UNet, unadapted (dataset=... picks ctta-source-<dataset>).",
+    module="medagent.tools.tta.noadapt",
+    weights="ctta-source-mni-tissue",
+))
+register_tool(ToolSpec(
+    name="tent",
+    kind=ToolKind.ADAPTIVE,
+    summary="Tent: online entropy minimisation of the BN affine parameters with image statistics, batch 1.",
+    module="medagent.tools.tta.tent",
+    weights="ctta-source-mni-tissue",
+))
+register_tool(ToolSpec(
+    name="cotta",
+    kind=ToolKind.ADAPTIVE,
+    summary="CoTTA: EMA teacher, augmentation-averaged pseudo-labels under a confidence threshold, stochastic restore.",
+    module="medagent.tools.tta.cotta",
+    weights="ctta-source-mni-tissue",
+))
+register_tool(ToolSpec(
+    name="vptta",
+    kind=ToolKind.ADAPTIVE,
+    summary="VPTTA: frozen source, Fourier low-frequency prompt per image, warm-up BN statistics, memory bank.",
+    module="medagent.tools.tta.vptta",
+    weights="ctta-source-mni-tissue",
+))
+register_tool(ToolSpec(
+    name="mgipt",
+    kind=ToolKind.ADAPTIVE,
+    summary="MGIPT: multi-scale global prompts (EMA teachers) + adaptive-scale instance prompt, mixed BN inference, confidence ensemble.",
+    module="medagent.tools.tta.mgipt",
+    weights="ctta-source-mni-tissue",
+))
