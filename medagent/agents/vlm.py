@@ -1,0 +1,407 @@
+"""A tiny offline Qwen3-VL policy: model, processor and the agent that plays InteractiveSegEnv with it.
+
+Everything is built on this machine with no download:
+- a byte-level BPE tokenizer trained here (`tokenizers`) on text medagent itself produces (the system prompt
+  with the tool schema, instructions, tool calls in the 0-999 frame, tool answers), with Qwen's control tokens;
+- `Qwen2VLImageProcessor` (patch 16, merge 2: what Qwen3-VL uses) and `Qwen3VLProcessor`;
+- the chat template: TRL's `qwen3_vl.jinja`, read at runtime from the installed `trl` package, byte for byte.
+  TRL recognises templates by exact string, so only this text gets assistant-only loss (its training variant
+  with `{% generation %}` markers) and tool-call parsing (`add_response_schema`);
+- `Qwen3VLForConditionalGeneration` from a small config (random weights, seeded).
+
+    from medagent.agents.vlm import TinyVLMConfig, save_tiny_vlm, load_vlm, VLMPolicyAgent
+    path = save_tiny_vlm("runs/tiny-vlm", TinyVLMConfig(seed=0))
+    agent = VLMPolicyAgent(path)                   # or VLMPolicyAgent(model, processor)
+    result = run_episode(env, agent, seed=0)        # its text goes through the env's one parser
+
+The agent rebuilds the conversation the SFT export writes (`medagent.trajectories.export`): system prompt,
+user turn (first image + instruction), then per step its own message and a tool turn (the next image + what
+the calls did), so a policy sees at inference exactly the layout it was fine-tuned on.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from medagent.agents.base import Agent
+from medagent.errors import CheckpointError, ConfigError
+
+#: Qwen's control tokens (special: never produced by merges, skipped when decoding).
+SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+    "<|video_pad|>",
+)
+#: Tags the Qwen3 templates and TRL's response parser read; added as whole tokens but not special, so a
+#: decoded generation keeps them (the env parses `<tool_call>` blocks from the text).
+TAG_TOKENS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>")
+
+#: Name of the file, inside a saved model folder, that records how the tiny model was built.
+BUILD_FILE = "medagent_vlm.json"
+
+
+def qwen3_vl_chat_template() -> str:
+    """TRL's `qwen3_vl.jinja` as the installed trl ships it (read from the package, never copied here)."""
+    try:
+        return (importlib.resources.files("trl") / "chat_templates" / "qwen3_vl.jinja").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
+        raise CheckpointError(f"trl's chat_templates/qwen3_vl.jinja was not found in the installed trl ({exc}); "
+                              "install trl>=1.16") from exc
+
+
+@dataclass
+class TinyVLMConfig:
+    """Shape of the tiny Qwen3-VL policy (defaults: about 0.3 M parameters, trains at CPU speed).
+
+    Attributes:
+        vocab_size: target size of the BPE vocabulary (the trained size can be a little smaller).
+        hidden_size / intermediate_size / num_layers / num_heads / num_kv_heads / head_dim: text decoder.
+            Rule: `mrope_section` sums to head_dim / 2.
+        mrope_section: (t, h, w) rotary sections of the multimodal RoPE.
+        vision_hidden_size / vision_intermediate_size / vision_depth / vision_heads: vision tower.
+        deepstack_visual_indexes: vision layers whose features are also fed to the decoder (each < vision_depth).
+        num_position_embeddings: learned vision position grid (a square number; interpolated to the image).
+        min_pixels / max_pixels: image area bounds of the image processor, pixels. The image is resized to a
+            multiple of 32 per side within them; each 32x32 block is one image token (patch 16, merge 2).
+        seed: seed of the tokenizer corpus and of the random weights.
+    """
+
+    vocab_size: int = 1024
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    mrope_section: tuple[int, int, int] = (2, 3, 3)
+    vision_hidden_size: int = 32
+    vision_intermediate_size: int = 64
+    vision_depth: int = 2
+    vision_heads: int = 2
+    deepstack_visual_indexes: tuple[int, ...] = (0,)
+    num_position_embeddings: int = 64
+    min_pixels: int = 32 * 32
+    max_pixels: int = 128 * 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.mrope_section = tuple(int(v) for v in self.mrope_section)
+        self.deepstack_visual_indexes = tuple(int(v) for v in self.deepstack_visual_indexes)
+        if len(self.mrope_section) != 3 or sum(self.mrope_section) * 2 != self.head_dim:
+            raise ConfigError(f"TinyVLMConfig.mrope_section {self.mrope_section} must be 3 numbers summing to "
+                              f"head_dim / 2 = {self.head_dim / 2}")
+        if any(not 0 <= i < self.vision_depth for i in self.deepstack_visual_indexes):
+            raise ConfigError(f"TinyVLMConfig.deepstack_visual_indexes {self.deepstack_visual_indexes} must be below "
+                              f"vision_depth={self.vision_depth}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError("TinyVLMConfig.num_heads must be a multiple of num_kv_heads")
+        if int(round(self.num_position_embeddings ** 0.5)) ** 2 != self.num_position_embeddings:
+            raise ConfigError(f"TinyVLMConfig.num_position_embeddings must be a square, got {self.num_position_embeddings}")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ConfigError("TinyVLMConfig needs 0 < min_pixels <= max_pixels")
+        if self.vocab_size < 300:
+            raise ConfigError("TinyVLMConfig.vocab_size must be >= 300 (256 byte symbols plus control tokens)")
+
+
+# --------------------------------------------------------------------------------------------- tokenizer
+
+
+def corpus_texts(seed: int = 0, n_calls: int = 400, extra: Iterable[str] = ()) -> list[str]:
+    """Text medagent produces, to train the tokenizer on: the system prompt with the tool schema, instructions,
+    tool calls with random 0-999 coordinates, tool answers, the final answer, and the chat template's framing.
+
+    Args:
+        seed: seed of the random calls.
+        n_calls: number of random tool calls.
+        extra: more texts (e.g. instructions and actions from a trajectory folder).
+    """
+    from medagent.envs import AUTO_MODELS, POINT_TYPES, format_call
+    # The system prompt lives with the SFT export so that SFT data and this policy share it byte for byte.
+    from medagent.trajectories import FINAL_ANSWER, system_prompt
+
+    rng = random.Random(seed)
+    texts = [system_prompt(), FINAL_ANSWER]
+    names = ("lesion", "white matter", "grey matter", "brain", "nucleus", "nuclei", "syringe", "phantom",
+             "ellipse", "square", "disk", "skull", "ventricle", "tumour", "organ", "cell", "vessel")
+    for name in names:
+        texts.append(f"Segment the {name}.")
+        k = rng.randint(2, 9)
+        texts.append(f"Segment the {name} nearest the top-left corner (1 of {k} {name} instances).")
+        texts.append(f"Segment the {name} {rng.choice(['second', 'third', '4th'])} nearest the top-left corner "
+                     f"(2 of {k} {name} instances).")
+    for _ in range(n_calls):
+        kind = rng.randrange(8)
+        if kind < 3:
+            x1, y1 = rng.randint(0, 900), rng.randint(0, 900)
+            call = format_call("add_bbox", {"bbox_2d": [x1, y1, rng.randint(x1, 999), rng.randint(y1, 999)]})
+        elif kind < 6:
+            call = format_call("add_point", {"point_2d": [rng.randint(0, 999), rng.randint(0, 999)],
+                                             "point_type": rng.choice(list(POINT_TYPES))})
+        else:
+            call = rng.choice([format_call("stop_action"), format_call("cps"), format_call("adapt"),
+                               format_call("refine"), format_call("undo"),
+                               format_call("auto_segment", {"model": rng.choice(list(AUTO_MODELS))})])
+        texts.append(call)
+        texts.append(f"<tool_response>\nThe mask now covers {rng.uniform(0, 60):.1f}% of the image.\n</tool_response>")
+    texts += [
+        "Segmentation finished.", "Back to the previous mask (nothing (empty mask)).", "undo error: nothing to undo",
+        "refine error: there is no mask to refine yet", "(no parseable <tool_call>: episode over)",
+        "cps error: no reference exemplar of this class in the training split", "adapt is unavailable here",
+        "add_point error: point_2d must be two integers in 0-999", "The episode is over; no more calls are run.",
+        "<|im_start|>system\n", "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>\n",
+        "<|vision_start|><|image_pad|><|vision_end|>",
+    ]
+    texts.extend(extra)
+    return texts
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 1024) -> Any:
+    """A byte-level BPE tokenizer trained on `texts`, wrapped for transformers (`PreTrainedTokenizerFast`).
+
+    Qwen's control tokens are special tokens; the `<tool_call>`-style tags are whole, non-special tokens.
+    eos = `<|im_end|>` (ends an assistant turn), pad = `<|endoftext|>`, no BOS (like Qwen).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                      additional_special_tokens=list(SPECIAL_TOKENS[1:]))
+    wrapped.add_tokens(list(TAG_TOKENS), special_tokens=False)
+    wrapped.model_max_length = 32768
+    return wrapped
+
+
+# --------------------------------------------------------------------------------------------- model + processor
+
+
+def build_processor(config: TinyVLMConfig | None = None, tokenizer: Any = None) -> Any:
+    """`Qwen3VLProcessor` = Qwen2VLImageProcessor (patch 16, merge 2) + tokenizer + TRL's qwen3_vl template."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor
+
+    cfg = config or TinyVLMConfig()
+    tokenizer = tokenizer if tokenizer is not None else train_tokenizer(corpus_texts(cfg.seed), cfg.vocab_size)
+    image_processor = Qwen2VLImageProcessor(
+        patch_size=16, merge_size=2, temporal_patch_size=2,
+        size={"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels},
+    )
+    try:
+        from transformers import Qwen3VLVideoProcessor
+
+        video_processor = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2,
+                                                size={"shortest_edge": cfg.min_pixels, "longest_edge": cfg.max_pixels})
+    except ImportError:  # video needs torchvision; images do not
+        video_processor = None
+    return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                            chat_template=qwen3_vl_chat_template())
+
+
+def build_tiny_vlm(config: TinyVLMConfig | None = None) -> tuple[Any, Any]:
+    """Build `(model, processor)`: a random-weight Qwen3-VL from `config` and its processor; no download.
+
+    The weights are drawn under `config.seed` without touching torch's global random state.
+    """
+    import torch
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    cfg = config or TinyVLMConfig()
+    processor = build_processor(cfg)
+    tok = processor.tokenizer
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    model_config = Qwen3VLConfig(
+        text_config={
+            "vocab_size": len(tok), "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
+            "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+            "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "max_position_embeddings": 32768,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                "mrope_section": list(cfg.mrope_section), "mrope_interleaved": True},
+            "pad_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+        },
+        vision_config={
+            "depth": cfg.vision_depth, "hidden_size": cfg.vision_hidden_size,
+            "intermediate_size": cfg.vision_intermediate_size, "num_heads": cfg.vision_heads, "patch_size": 16,
+            "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": cfg.hidden_size,
+            "num_position_embeddings": cfg.num_position_embeddings,
+            "deepstack_visual_indexes": list(cfg.deepstack_visual_indexes),
+        },
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = Qwen3VLForConditionalGeneration(model_config)
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.bos_token_id = None
+    model._medagent_build = asdict(cfg)  # recorded by save_tiny_vlm
+    return model, processor
+
+
+def save_vlm(model: Any, processor: Any, out: str | Path) -> Path:
+    """Save a model and its processor into one folder (safetensors + configs + tokenizer + template)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    build = getattr(model, "_medagent_build", None)
+    if build is not None:
+        (out / BUILD_FILE).write_text(json.dumps(build, indent=2) + "\n")
+    return out
+
+
+def save_tiny_vlm(out: str | Path, config: TinyVLMConfig | None = None) -> Path:
+    """Build the tiny VLM (`build_tiny_vlm`) and save it to `out`; returns `out`."""
+    model, processor = build_tiny_vlm(config)
+    return save_vlm(model, processor, out)
+
+
+def load_vlm(path: str | Path, device: str | None = None) -> tuple[Any, Any]:
+    """Load `(model, processor)` saved by `save_vlm` / `save_tiny_vlm` / `run_sft`, offline (local files only).
+
+    Raises:
+        CheckpointError: `path` is not a folder with config.json and a processor.
+    """
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} is not a saved VLM folder (no config.json); build one with save_tiny_vlm")
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot load the VLM in {path}: {str(exc).splitlines()[0]}") from exc
+    if device:
+        model = model.to(device)
+    model.eval()
+    return model, processor
+
+
+# --------------------------------------------------------------------------------------------- the agent
+
+_TURN_LINE = re.compile(r"^Turn \d+: .*? -> (.*)$")
+
+
+def _pil(image: Any) -> Any:
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+
+
+def _text(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+def tool_answer(history: str, n_calls: int) -> str:
+    """What the last `n_calls` calls did, from an observation's `history` (lines "Turn k: call -> answer"):
+    the answers joined by newlines, as the SFT export writes a tool turn."""
+    lines = [line for line in str(history).splitlines() if line.strip()][-n_calls:] if n_calls > 0 else []
+    answers = []
+    for line in lines:
+        match = _TURN_LINE.match(line)
+        answers.append(match.group(1) if match else line)
+    return "\n".join(answers)
+
+
+class VLMPolicyAgent(Agent):
+    """Plays InteractiveSegEnv with a vision-language model: renders the observation as chat messages (the SFT
+    export's layout), generates, and returns the decoded text as the action. The env's parser judges it.
+
+    Args:
+        model: a Qwen3-VL-style model, or a folder saved by `save_vlm` / `run_sft` (then `processor` is loaded).
+        processor: its processor (chat template, tokenizer, image processor).
+        system: system prompt; default `medagent.trajectories.system_prompt()` (what SFT data uses).
+        max_new_tokens: generation budget per turn, tokens.
+        do_sample / temperature / top_p: sampling; greedy by default (then `reset`'s seed does not matter).
+        device: torch device for the model (None keeps it where it is).
+    """
+
+    name = "vlm"
+    uses_ground_truth = False
+
+    def __init__(self, model: Any, processor: Any = None, *, system: str | None = None, max_new_tokens: int = 64,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                 device: str | None = None) -> None:
+        if isinstance(model, (str, Path)):
+            model, loaded = load_vlm(model, device=device)
+            processor = processor or loaded
+        elif device:
+            model = model.to(device)
+        if processor is None:
+            raise ConfigError("VLMPolicyAgent needs a processor with the model (or a saved model folder)")
+        if max_new_tokens < 1:
+            raise ConfigError(f"VLMPolicyAgent.max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.model, self.processor = model, processor
+        if system is None:
+            from medagent.trajectories import system_prompt
+
+            system = system_prompt()
+        self.system = system
+        self.max_new_tokens = int(max_new_tokens)
+        self.do_sample, self.temperature, self.top_p = bool(do_sample), float(temperature), float(top_p)
+        self.messages: list[dict[str, Any]] = []
+        self._last_action: str | None = None
+        self._last_turn = 0
+        self._seed: int | None = None
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        self.messages, self._last_action, self._last_turn, self._seed = [], None, 0, seed
+
+    def observe(self, observation: dict[str, Any]) -> list[dict[str, Any]]:
+        """Extend the conversation with `observation` and return it (content blocks carry PIL images).
+
+        First call: system + user (image, instruction). Later calls: the agent's previous message as an
+        assistant turn, then a tool turn with the new image and what the calls did.
+        """
+        turn = int(observation.get("turn", 0))
+        if not self.messages:
+            self.messages = [
+                {"role": "system", "content": [_text(self.system)]},
+                {"role": "user", "content": [{"type": "image", "image": _pil(observation["image"])},
+                                             _text(str(observation.get("instruction", "")))]},
+            ]
+        elif self._last_action is not None:
+            self.messages.append({"role": "assistant", "content": [_text(self._last_action)]})
+            answer = tool_answer(observation.get("history", ""), turn - self._last_turn)
+            self.messages.append({"role": "tool", "content": [{"type": "image", "image": _pil(observation["image"])},
+                                                              _text(answer)]})
+        self._last_turn = turn
+        return self.messages
+
+    def generate(self, messages: list[dict[str, Any]]) -> str:
+        """Generate the assistant's next message for `messages`; returns the decoded text (special tokens dropped)."""
+        import torch
+
+        inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True, return_tensors="pt")
+        device = next(self.model.parameters()).device
+        inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            if self.do_sample and self._seed is not None:
+                torch.manual_seed(self._seed + len(self.messages))
+            out = self.model.generate(**inputs, **kwargs)
+        new_tokens = out[0, inputs["input_ids"].shape[1]:]
+        return self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
+
+    def act(self, observation: dict[str, Any], env: Any) -> str:
+        action = self.generate(self.observe(observation))
+        self._last_action = action
+        return action

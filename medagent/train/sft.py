@@ -1,0 +1,279 @@
+"""Supervised fine-tuning of a VLM policy on exported trajectories, with TRL's SFTTrainer.
+
+    from medagent.train.sft import SFTRunConfig, run_sft
+    run = run_sft(SFTRunConfig(data="runs/sft-data", max_steps=3))   # tiny Qwen3-VL built offline
+    agent = VLMPolicyAgent(run / "model")
+
+Input: a `medagent.trajectories.export_trl` folder (a `datasets.DatasetDict` on disk, "train"/"val", each row
+"messages" + "images"). Loss on assistant turns only (TRL's `assistant_only_loss`, which swaps in the training
+variant of the qwen3_vl template with `{% generation %}` markers; needs transformers >= 5.18).
+
+A TRL quirk handled here: TRL's VLM collator (`prepare_multimodal_messages`) fills image placeholders only in
+system/user/assistant turns and skips "tool" turns, while our export puts the image after each call in a tool
+turn. `InlineImagesCollator` therefore puts every listed image into its placeholder before TRL sees the
+example (TRL keeps blocks that already carry an image, and the processor collects images from every turn).
+
+Run folder (`out_dir`, default `medagent-runs/sft-<time>/`):
+    config.json     this config;  versions.json  package versions, git SHA, seed
+    metrics.jsonl   one line per trainer log (loss, grad_norm, learning_rate, step, epoch)
+    model/          the fine-tuned model + processor (load with `medagent.agents.vlm.load_vlm`)
+    checkpoints/    trainer checkpoints when `save_steps` is set (`resume=True` continues from the last)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from medagent.agents.vlm import TinyVLMConfig, build_tiny_vlm, load_vlm, save_vlm
+from medagent.errors import ConfigError, DataError
+
+
+@dataclass
+class SFTRunConfig:
+    """One SFT run. Defaults run on a CPU in seconds with the tiny VLM.
+
+    Attributes:
+        data: export folder (`medagent trajectories export --format trl`), or a single saved `datasets.Dataset`.
+        model: a saved VLM folder (`save_tiny_vlm`, an earlier run's `model/`, or a Hugging Face model saved
+            locally); None builds the tiny Qwen3-VL from `tiny`.
+        tiny: shape of the tiny VLM when `model` is None.
+        out_dir: run folder; None makes `medagent-runs/sft-<YYYYmmdd-HHMMSS>`.
+        train_split / eval_split: splits of a DatasetDict; eval runs at the end when `eval_split` has rows.
+        max_steps: optimiser steps (> 0), or -1 for `num_train_epochs` epochs.
+        num_train_epochs: epochs when max_steps is -1.
+        per_device_train_batch_size / gradient_accumulation_steps: batch = their product (x devices).
+        learning_rate: peak learning rate (1e-3 suits the random tiny model; use about 1e-5 for real VLMs).
+        lr_scheduler_type / warmup_steps / weight_decay: optimiser schedule (transformers names).
+        assistant_only_loss: loss on assistant turns only (tool calls and the final answer).
+        max_length: truncate longer sequences (tokens); None keeps them whole, which is safest with images
+            (truncation inside an image's tokens breaks the batch).
+        device: "auto" (CUDA when available), "cpu" or "cuda". On the CPU: use_cpu=True, bf16=False,
+            gradient_checkpointing=False.
+        gradient_checkpointing: on GPUs only (ignored on the CPU).
+        logging_steps: log every this many steps (to metrics.jsonl).
+        save_steps: write a trainer checkpoint every this many steps (None: only the final model).
+        resume: continue from the last checkpoint in `out_dir/checkpoints`.
+        save_model: save the final model + processor into `out_dir/model`.
+        report_to: "none", "tensorboard" or "wandb".
+        num_threads: torch CPU threads (None leaves torch's setting).
+        seed: seed of data order and initialisation.
+    """
+
+    data: str = ""
+    model: str | None = None
+    tiny: TinyVLMConfig = field(default_factory=TinyVLMConfig)
+    out_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = "val"
+    max_steps: int = -1
+    num_train_epochs: float = 1.0
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    assistant_only_loss: bool = True
+    max_length: int | None = None
+    device: str = "auto"
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    save_steps: int | None = None
+    resume: bool = False
+    save_model: bool = True
+    report_to: str = "none"
+    num_threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tiny, dict):
+            self.tiny = TinyVLMConfig(**self.tiny)
+        if not self.data:
+            raise ConfigError("SFTRunConfig.data must name an export folder (medagent trajectories export --format trl)")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"SFTRunConfig.max_steps must be > 0 or -1, got {self.max_steps}")
+        if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ConfigError("SFTRunConfig batch size and gradient_accumulation_steps must be >= 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"SFTRunConfig.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.report_to not in ("none", "tensorboard", "wandb"):
+            raise ConfigError(f"SFTRunConfig.report_to must be none, tensorboard or wandb, got {self.report_to!r}")
+        if self.max_length is not None and self.max_length < 16:
+            raise ConfigError(f"SFTRunConfig.max_length must be None or >= 16, got {self.max_length}")
+
+
+def inline_images(example: dict[str, Any]) -> dict[str, Any]:
+    """Put the example's images into their placeholders in every turn (tool turns included); `images` -> [].
+
+    Placeholders are content blocks with type "image" and no image; they take `images` in order.
+
+    Raises:
+        DataError: the number of placeholders and images differ.
+    """
+    images = list(example.get("images") or [])
+    k = 0
+    messages = []
+    for message in example["messages"]:
+        content = message.get("content")
+        if isinstance(content, list):
+            blocks = []
+            for block in content:
+                if block.get("type") == "image" and block.get("image") is None:
+                    if k >= len(images):
+                        raise DataError(f"an SFT example has more image placeholders than its {len(images)} images")
+                    block = {"type": "image", "image": images[k]}
+                    k += 1
+                elif block.get("type") == "text":
+                    block = {"type": "text", "text": block.get("text") or ""}
+                blocks.append(block)
+            message = {**message, "content": blocks}
+        messages.append(message)
+    if k != len(images):
+        raise DataError(f"an SFT example has {len(images)} images but {k} image placeholders")
+    return {**example, "messages": messages, "images": []}
+
+
+class InlineImagesCollator:
+    """Wraps TRL's VLM collator so images in tool turns reach the processor (see module docstring)."""
+
+    def __init__(self, collator: Callable[[list[dict[str, Any]]], Any]) -> None:
+        self.collator = collator
+
+    def __call__(self, examples: list[dict[str, Any]]) -> Any:
+        return self.collator([inline_images(e) for e in examples])
+
+
+def _load_data(path: str, split: str, eval_split: str | None) -> tuple[Any, Any]:
+    import datasets
+
+    if not Path(path).exists():
+        raise DataError(f"SFT data {path} does not exist (write it with `medagent trajectories export --format trl`)")
+    try:
+        data = datasets.load_from_disk(path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise DataError(f"SFT data {path} is not a saved datasets folder: {exc}") from exc
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise DataError(f"SFT data {path} has no split {split!r} (it has {sorted(data)})")
+        train = data[split]
+        evaluation = data[eval_split] if eval_split and eval_split in data and len(data[eval_split]) else None
+    else:
+        train, evaluation = data, None
+    missing = {"messages", "images"} - set(train.column_names)
+    if missing:
+        raise DataError(f"SFT data {path} lacks column(s) {sorted(missing)}; expected TRL's VLM messages + images")
+    if len(train) == 0:
+        raise DataError(f"SFT data {path} split {split!r} is empty")
+    return train, evaluation
+
+
+def _versions(seed: int) -> dict[str, Any]:
+    try:
+        from medagent.eval.runs import collect_versions
+
+        return collect_versions(seed)
+    except Exception:  # noqa: BLE001 - eval layer missing: record the essentials
+        import torch
+        import transformers
+        import trl
+
+        return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+                "seed": seed}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda v: v if isinstance(v, (int, float, str)) else repr(v)))
+
+
+def _metrics_callback(path: Path) -> Any:
+    from transformers import TrainerCallback
+
+    class _Log(TrainerCallback):
+        """Appends every trainer log (one JSON line) to metrics.jsonl as it happens."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - transformers' signature
+            if logs and state.is_world_process_zero:
+                with path.open("a") as f:
+                    f.write(json.dumps(_jsonable({"step": state.global_step, **logs})) + "\n")
+
+    return _Log()
+
+
+def trl_args(config: SFTRunConfig, out: Path) -> Any:
+    """The `trl.SFTConfig` this run uses (CPU-safe flags on the CPU)."""
+    import torch
+    from trl import SFTConfig
+
+    cuda = torch.cuda.is_available() if config.device == "auto" else config.device == "cuda"
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("SFTRunConfig.device='cuda' but CUDA is not available")
+    return SFTConfig(
+        output_dir=str(out / "checkpoints"),
+        max_steps=config.max_steps,
+        num_train_epochs=config.num_train_epochs,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        assistant_only_loss=config.assistant_only_loss,
+        max_length=config.max_length,
+        # The CPU flags TRL needs: its defaults (bf16=True, gradient_checkpointing=True) break or crawl on a CPU.
+        # transformers >= 5.24 renamed gradient_checkpointing to activation_checkpointing and warns on the old name,
+        # which TRL always sets (default True); setting the new name wins and silences that.
+        use_cpu=not cuda,
+        bf16=bool(cuda and torch.cuda.is_bf16_supported()),
+        activation_checkpointing=bool(cuda and config.gradient_checkpointing),
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        report_to=config.report_to,
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def run_sft(config: SFTRunConfig) -> Path:
+    """Fine-tune per `config` and return the run folder (the model is in `<run>/model`).
+
+    Raises:
+        DataError: the data folder is missing, malformed or empty.
+        ConfigError: bad settings, or `resume=True` with no checkpoint to resume from.
+    """
+    import torch
+    from trl import SFTTrainer
+
+    cfg = config
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    out = Path(cfg.out_dir) if cfg.out_dir else Path("medagent-runs") / f"sft-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    if cfg.resume and not any((out / "checkpoints").glob("checkpoint-*")):
+        raise ConfigError(f"resume=True but {out / 'checkpoints'} has no checkpoint")
+    train, evaluation = _load_data(cfg.data, cfg.train_split, cfg.eval_split)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(_jsonable(dataclasses.asdict(cfg)), indent=2) + "\n")
+    (out / "versions.json").write_text(json.dumps(_versions(cfg.seed), indent=2, default=str) + "\n")
+
+    if cfg.model:
+        model, processor = load_vlm(cfg.model)
+        model.train()
+    else:
+        model, processor = build_tiny_vlm(cfg.tiny)
+    trainer = SFTTrainer(model=model, args=trl_args(cfg, out), train_dataset=train, eval_dataset=evaluation,
+                         processing_class=processor, callbacks=[_metrics_callback(out / "metrics.jsonl")])
+    trainer.data_collator = InlineImagesCollator(trainer.data_collator)
+    trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+    if evaluation is not None:
+        trainer.evaluate()
+    if cfg.save_model:
+        save_vlm(trainer.model, processor, out / "model")
+    return out
