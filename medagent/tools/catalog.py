@@ -43,6 +43,31 @@ register_tool(ToolSpec(
     weights="sam-tiny",
 ))
 
+# -- few-shot (medagent.tools.cps; SAM from the shipped tiny weights or checkpoint=PATH) --
+register_tool(ToolSpec(
+    name="cps",
+    kind=ToolKind.FEW_SHOT,
+    summary="CPS few-shot: dense reference matching, points sparsified at a density chosen on the references (leave-one-out / augmented view), SAM prompted with them.",
+    module="medagent.tools.cps",
+    weights="sam-tiny",
+))
+register_tool(ToolSpec(
+    name="dense-points",
+    kind=ToolKind.FEW_SHOT,
+    summary="Few-shot baseline (GF-SAM style): every dense matched point a single-point SAM prompt, masks filtered by similarity and merged.",
+    module="medagent.tools.cps",
+    builder="build_dense_points",
+    weights="sam-tiny",
+))
+register_tool(ToolSpec(
+    name="single-point",
+    kind=ToolKind.FEW_SHOT,
+    summary="Few-shot baseline (PerSAM style): one positive and one negative point from the reference-prototype similarity, one SAM prompt.",
+    module="medagent.tools.cps",
+    builder="build_single_point",
+    weights="sam-tiny",
+))
+
 register_tool(ToolSpec(
     name="refine",
     kind=ToolKind.REFINER,
