@@ -9,7 +9,8 @@ Reverse step t -> t-1: the network predicts p = P(x_0 = 1 | image, coarse, x_t, 
 adopts the prediction with probability  q = c (gamma_{t-1} - gamma_t) / (1 - c gamma_t), where
 c = 2 |p - 0.5| is the network's confidence: confident pixels move first, doubtful ones wait for a
 better-informed step. This is the posterior of the forward process when the prediction is trusted
-with weight c. The refined mask is the last step's prediction (p > 0.5) on the band.
+with weight c. The refined mask is the last step's prediction (p > 0.5) on the band, where its
+confidence reaches `final_confidence`.
 
 Because the network is told `gamma_t` as a continuous number, one trained network runs any number of
 steps; the "full-step" baseline is the same network with 4x as many.
@@ -65,7 +66,7 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 @torch.no_grad()
 def reverse_sample(denoise: Denoiser, coarse: torch.Tensor, band: torch.Tensor, steps: int,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   generator: torch.Generator | None = None, final_confidence: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Run T reverse steps from x_T = coarse.
 
     Args:
@@ -74,6 +75,8 @@ def reverse_sample(denoise: Denoiser, coarse: torch.Tensor, band: torch.Tensor, 
         band: (B, 1, H, W) bool; pixels outside keep the coarse value.
         steps: T, the number of network evaluations.
         generator: RNG of the per-pixel transitions (a fixed seed makes refinement deterministic).
+        final_confidence: at the last step a pixel adopts the prediction only where c >= this
+            (0 = always); doubtful pixels keep their current state.
     Returns:
         (refined, prob): the final mask (B, 1, H, W) float in {0, 1} and the last step's x0
         probability (B, 1, H, W).
@@ -92,5 +95,6 @@ def reverse_sample(denoise: Denoiser, coarse: torch.Tensor, band: torch.Tensor, 
             u = torch.rand(state.shape, generator=generator, device=state.device, dtype=state.dtype)
             state = torch.where((u < q) & band, pred, state)
         else:
-            state = torch.where(band, pred, state)
+            confident = (2.0 * (prob - 0.5)).abs() >= final_confidence
+            state = torch.where(band & confident, pred, state)
     return state, prob

@@ -44,6 +44,8 @@ class RefinerConfig:
         seed: seed of the per-pixel transition draws (fixed, so a refinement is reproducible).
         min_area: components smaller than this (px) are dropped from the output.
         max_hole_area: holes up to this size (px) are filled; larger holes (rings) are kept.
+        final_confidence: at the last step only pixels whose confidence 2|p - 0.5| reaches this adopt
+            the prediction (0 = all); the rest keep their state.
     """
 
     steps: int = 4
@@ -52,6 +54,7 @@ class RefinerConfig:
     seed: int = 0
     min_area: int = 4
     max_hole_area: int = 16
+    final_confidence: float = 0.0
 
     @classmethod
     def from_dict(cls, data: dict) -> "RefinerConfig":
@@ -146,11 +149,12 @@ class RefineTool(Tool):
             steps = int(cfg.steps if steps is None else steps)
             generator = torch.Generator().manual_seed(int(cfg.seed))
             denoise = lambda state, gamma, c: self.net(self.net.make_input(img_t, c, state, gamma))  # noqa: E731
-            refined_t, prob_t = reverse_sample(denoise, coarse_t, band_t, steps, generator)
+            refined_t, prob_t = reverse_sample(denoise, coarse_t, band_t, steps, generator, cfg.final_confidence)
         else:
             steps = 1
             prob_t = torch.sigmoid(self.net(self.net.make_input(img_t, coarse_t)))
-            refined_t = torch.where(band_t, (prob_t > 0.5).float(), coarse_t)
+            confident = (2.0 * (prob_t - 0.5)).abs() >= cfg.final_confidence
+            refined_t = torch.where(band_t & confident, (prob_t > 0.5).float(), coarse_t)
         # Paste the window back into the full grid.
         h, w = coarse.shape
         ys0, xs0 = max(y0, 0), max(x0, 0)
