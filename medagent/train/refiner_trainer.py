@@ -61,7 +61,8 @@ class RefinerTrainerConfig:
         crop_size: side of the square training crop (multiple of 8), centred on a band pixel.
         batch_size, lr, weight_decay: AdamW with cosine decay over `max_steps`.
         dice_weight: weight of the soft Dice term next to BCE.
-        max_steps: optimisation steps; `max_minutes` stops earlier (None = no time cap).
+        max_steps: optimisation steps (the cosine schedule spans them); `max_minutes` stops earlier
+            (None = no time cap), and so does `stop_step` (e.g. to match another run's step count).
         widths, attention_blocks, heads: network shape (RefinerNetConfig).
         save_every: steps between resumable checkpoints.
         seed: seeds data selection, perturbations and initialisation.
@@ -91,6 +92,7 @@ class RefinerTrainerConfig:
     dice_weight: float = 0.5
     max_steps: int = 2400
     max_minutes: float | None = 10.0
+    stop_step: int | None = None
     widths: tuple[int, int, int, int] = (16, 24, 40, 64)
     attention_blocks: int = 2
     heads: int = 4
@@ -332,6 +334,8 @@ def train_refiner(config: RefinerTrainerConfig | None = None) -> Path:
     try:
         while step < cfg.max_steps:
             if cfg.max_minutes is not None and elapsed >= 60 * cfg.max_minutes:
+                break
+            if cfg.stop_step is not None and step >= cfg.stop_step:
                 break
             # Per-step RNGs keyed on (seed, step): a resumed run draws the same batches it would have.
             step_rng = np.random.default_rng([cfg.seed, step])
