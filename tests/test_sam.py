@@ -227,9 +227,12 @@ def test_ct_case_goes_through_intensity_window(tool):
 
 def test_bad_inputs(tool, case):
     with pytest.raises(ToolError, match="zero area"):
-        tool.predict(case, boxes=[30, 20, 30, 60])
+        tool.predict(case, boxes=[30, 20, 29, 60])  # x1 < x0: covers no pixel
     with pytest.raises(ToolError, match="zero area"):
-        tool.predict(case, boxes=[500, 500, 600, 600])  # entirely outside -> nothing left after clipping
+        tool.predict(case, boxes=[[30, 20, 60, 60], [10, 50, 40, 49]])  # one bad box in a batch
+    assert tool.predict(case, boxes=[30, 20, 30, 60]).mask.shape == case.shape  # a 1-px-wide column is fine
+    with pytest.raises(ToolError, match="zero area"):
+        tool.predict(case, boxes=[500, 500, 600, 600])  # entirely outside the image
     with pytest.warns(UserWarning, match="clipped"):
         pred = tool.predict(case, boxes=[-10, -5, 70, 200])
     np.testing.assert_array_equal(pred.extras["boxes"][0], [0, 0, 70, case.shape[0] - 1])
@@ -372,3 +375,28 @@ def test_official_vit_b_checkpoint_round_trip(tmp_path):
     np.testing.assert_allclose(ours.logits, low, atol=1e-3, rtol=1e-3)
     assert ours.score == pytest.approx(float(scores[0]), abs=1e-4)
     assert tool.predict(case, points=[[400, 300]]).extras["cache_hit"] is True
+
+
+def test_shipped_tiny_weights_match_manifest_and_segment():
+    """The shipped tiny SAM: hashes and size caps from manifest.json, loads through the registry, and
+    segments a bright disk from its box (a random model does not)."""
+    import hashlib
+
+    from medagent.tools import load_tool
+    from medagent.tools.sam.tool import SHIPPED_WEIGHTS
+
+    if not (SHIPPED_WEIGHTS / "model.safetensors").is_file():
+        pytest.skip("no shipped sam-tiny weights in this checkout")
+    entry = json.loads((SHIPPED_WEIGHTS.parent / "manifest.json").read_text())["sam-tiny"]
+    assert "model.safetensors" in entry["files"] and "config.json" in entry["files"]
+    for fname, sha in entry["files"].items():
+        data = (SHIPPED_WEIGHTS / fname).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == sha, fname
+        assert len(data) <= 8 * 2**20, fname
+    tool = load_tool("sam")
+    assert tool.preprocessing.name == "tiny"
+    gt = _disk((80, 80), 40, 36, 14).astype(bool)
+    rng = np.random.default_rng(3)
+    image = (0.2 + 0.6 * gt + 0.05 * rng.standard_normal(gt.shape)).astype(np.float32)[None]
+    pred = tool.predict(Case(image=image, modality="microscopy"), boxes=mask_box(gt)).mask > 0
+    assert 2 * np.logical_and(pred, gt).sum() / (pred.sum() + gt.sum()) > 0.8

@@ -11,8 +11,9 @@ Coordinates are pixels of the image as the `Case` holds it (x = column, y = row)
 [x0, y0, x1, y1]. Several boxes run in one decoder call; `Prediction.mask` is their union and
 `extras["masks"]` / `extras["scores"]` hold one mask / predicted IoU per box. Points (and a single
 previous-logits map) are shared by every box. A box reaching outside the image is clipped with a
-warning; a box with x1 <= x0 or y1 <= y0 (zero area, also after clipping) is a `ToolError`, as are
-points outside the image.
+warning. Boxes are inclusive, so [x, y, x, y] is a one-pixel box and [x, y0, x, y1] a one-pixel-wide
+column (thin objects have such boxes); a box that covers no pixel of the image (x1 < x0, y1 < y0, or
+entirely outside) has zero area: `ToolError`, as are points outside the image.
 
 Checkpoints: a folder saved by `save_pretrained` (config.json with architecture + preprocessing, and
 model.safetensors), or an official SAM / MedSAM `.pth` read with `torch.load(weights_only=True)`.
@@ -290,6 +291,13 @@ def validate_prompts(
             raise ToolError(f"boxes must be (4,) or (N, 4) [x0, y0, x1, y1], got shape {box_arr.shape}")
         if not np.isfinite(box_arr).all():
             raise ToolError("boxes contain NaN or Inf")
+        inverted = (box_arr[:, 2] < box_arr[:, 0]) | (box_arr[:, 3] < box_arr[:, 1])
+        outside = (box_arr[:, 0] > w - 1) | (box_arr[:, 2] < 0) | (box_arr[:, 1] > h - 1) | (box_arr[:, 3] < 0)
+        if (inverted | outside).any():
+            raise ToolError(
+                f"box(es) {box_arr[inverted | outside].tolist()} have zero area in the {w}x{h} image: an inclusive "
+                "box needs x0 <= x1 and y0 <= y1 and must overlap x in 0..W-1, y in 0..H-1"
+            )
         clipped = box_arr.copy()
         clipped[:, [0, 2]] = np.clip(clipped[:, [0, 2]], 0, w - 1)
         clipped[:, [1, 3]] = np.clip(clipped[:, [1, 3]], 0, h - 1)
@@ -299,12 +307,6 @@ def validate_prompts(
                 f"clipped to {clipped.tolist()}",
                 UserWarning,
                 stacklevel=3,
-            )
-        bad = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
-        if bad.any():
-            raise ToolError(
-                f"box(es) {box_arr[bad].tolist()} have zero area inside the {w}x{h} image "
-                "(need x1 > x0 and y1 > y0 after clipping)"
             )
         box_arr = clipped.astype(np.float32)
         n = box_arr.shape[0]
