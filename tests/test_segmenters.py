@@ -17,6 +17,15 @@ from medagent.tools.segmenters import MODELS, SegmenterConfig, build_segmenter
 TINY = dict(width=2, depth=2, num_classes=3, class_names={0: "background", 1: "a", 2: "b"})
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: extra threads only contend with other processes on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny(model: str, **extra):
     torch.manual_seed(0)
     return build_segmenter(model, pretrained=False, **{**TINY, **extra})

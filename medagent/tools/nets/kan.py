@@ -17,15 +17,18 @@ grid 5, order 3, grid range [-1, 1], (G + k + 2) * in * out parameters.
 
 Grad-Free Spline (`grad_free=True`): the basis B(x) carries no gradient. dL/dc = B(x)^T dL/dy is exact,
 gradients reach x only through the base (silu / linear) branch. For activations evaluated elementwise
-("shared", "sprecher") a custom autograd function saves only x and recomputes B(x) in backward, so no
-(..., G + k) basis tensor is kept for backward at all; "per_output" keeps the detached basis because
-its matrix product needs it.
+("shared", "sprecher") a custom autograd function saves only x and recomputes the basis in backward, so no
+basis tensor is kept for backward at all; "per_output" keeps the detached (..., G + k) basis because
+its matrix product needs it. Elementwise activations evaluate only the order + 1 non-zero B-splines of
+each input on the uniform grid (`uniform_spline`), never the (..., G + k) basis matrix.
 
-Spline inputs outside the grid range get a zero spline (the base branch still acts there).
+Splines live on the knot vector extended by `order` knots on each side of grid_range (as efficient-kan);
+beyond it the spline is zero and only the base branch acts.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -58,7 +61,7 @@ def bspline_basis(x: torch.Tensor, knots: torch.Tensor, order: int) -> torch.Ten
         knots: (T,) increasing knots; T = grid_size + 2 * order + 1.
         order: spline order k (3 = cubic).
     Returns:
-        (..., T - 1 - order) = (..., grid_size + order) basis values; all zero outside [knots[order], knots[-order-1]).
+        (..., T - 1 - order) = (..., grid_size + order) basis values; all zero outside [knots[0], knots[-1]).
     """
     t = knots.to(x.dtype)
     xe = x.unsqueeze(-1)
@@ -70,25 +73,99 @@ def bspline_basis(x: torch.Tensor, knots: torch.Tensor, order: int) -> torch.Ten
     return basis
 
 
+def local_basis(f: torch.Tensor, order: int) -> list[torch.Tensor]:
+    """The order + 1 non-zero uniform B-spline values at fractional position f in [0, 1) of an interval.
+
+    Uniform-knot form of Cox-de Boor on only the non-zero terms:
+    N_p[m] = (f + p - m) / p * N_{p-1}[m - 1] + (m + 1 - f) / p * N_{p-1}[m], N_0 = [1].
+    """
+    values = [torch.ones_like(f)]
+    for p in range(1, order + 1):
+        new = []
+        for m in range(p + 1):
+            term = torch.zeros_like(f)
+            if m - 1 >= 0:
+                term = term + (f + (p - m)) / p * values[m - 1]
+            if m < p:
+                term = term + ((m + 1) - f) / p * values[m]
+            new.append(term)
+        values = new
+    return values
+
+
+@functools.lru_cache(maxsize=None)
+def _poly_table(grid_size: int, order: int) -> torch.Tensor:
+    """Constant map from spline coefficients to per-interval polynomial coefficients.
+
+    Returns A of shape (I + 2, order + 1, G + k) with I = G + 2k intervals of the extended knot vector:
+    on interval i (row i + 1) spline(x) = sum_p (A[i + 1, p] @ coef) * f**p, f the position inside the
+    interval. Rows 0 and I + 1 are zero (outside the knot vector the spline is 0).
+    """
+    k = order
+    n_coef, n_int = grid_size + k, grid_size + 2 * k
+    # local basis polynomials N_k[m](f) = sum_p poly[m, p] f^p, from exact values at k + 1 points
+    pts = torch.linspace(0.0, 1.0, k + 1, dtype=torch.float64) if k else torch.zeros(1, dtype=torch.float64)
+    vander = torch.stack([pts**p for p in range(k + 1)], dim=1)
+    values = torch.stack(local_basis(pts, k), dim=0)  # (k + 1 basis, k + 1 points)
+    poly = torch.linalg.solve(vander, values.T).T  # (basis m, power p)
+    table = torch.zeros(n_int + 2, k + 1, n_coef, dtype=torch.float64)
+    for i in range(n_int):
+        for m in range(k + 1):
+            c = i + m - k  # coefficient index of the m-th non-zero basis on interval i
+            if 0 <= c < n_coef:
+                table[i + 1, :, c] += poly[m]
+    return table.float()
+
+
+def _interval(x: torch.Tensor, n_int: int, order: int, lo: float, h: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row of `_poly_table` (0 / I + 1 outside the knots) and position f in [0, 1) inside the interval."""
+    u = (x - lo) / h + order
+    i = torch.floor(u)
+    return (i + 1).clamp_(0, n_int + 1).long(), u - i
+
+
+def uniform_spline(x: torch.Tensor, coef: torch.Tensor, grid_size: int, order: int, lo: float, h: float,
+                   table: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_g coef[g] B_g(x) elementwise, equal to `bspline_basis(x, make_knots(...)) @ coef`, evaluated as a
+    piecewise polynomial (one table lookup per power, Horner) without any (..., G + k) basis tensor.
+    Differentiable in x and coef."""
+    table = _poly_table(grid_size, order).to(coef) if table is None else table
+    poly = torch.einsum("rpc,c->pr", table, coef)  # (order + 1, I + 2)
+    row, f = _interval(x, table.shape[0] - 2, order, lo, h)
+    out = torch.take(poly[order], row)  # take: a flat gather, much faster than advanced indexing on CPU
+    for p in range(order - 1, -1, -1):
+        out = out * f + torch.take(poly[p], row)
+    return out
+
+
 class _GradFreeSpline(torch.autograd.Function):
-    """spline(x) = B(x) @ coef with no gradient through B: saves x only, recomputes B(x) in backward."""
+    """`uniform_spline` with no gradient through the basis: saves x only, recomputes the basis in backward."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, coef: torch.Tensor, knots: torch.Tensor, order: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, coef: torch.Tensor, table: torch.Tensor, order: int, lo: float, h: float) -> torch.Tensor:  # type: ignore[override]
         with torch.no_grad():
-            out = bspline_basis(x, knots, order) @ coef
-        ctx.save_for_backward(x, knots)
-        ctx.order = order
+            out = uniform_spline(x, coef, 0, order, lo, h, table=table)
+        ctx.save_for_backward(x, table)
+        ctx.spec = (order, lo, h)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        x, knots = ctx.saved_tensors
+        x, table = ctx.saved_tensors
         grad_coef = None
         if ctx.needs_input_grad[1]:
-            basis = bspline_basis(x, knots, ctx.order)
-            grad_coef = torch.einsum("...g,...->g", basis, grad_out)
-        return None, grad_coef, None, None
+            order, lo, h = ctx.spec
+            rows = table.shape[0]
+            row, f = _interval(x, rows - 2, order, lo, h)
+            row, f, g = row.reshape(-1), f.reshape(-1), grad_out.reshape(-1)
+            grad_poly = []
+            weight = g
+            for p in range(order + 1):  # dL/dpoly[p, r] = sum over inputs in interval r of f**p * g
+                grad_poly.append(torch.bincount(row, weights=weight, minlength=rows))
+                if p < order:
+                    weight = weight * f
+            grad_coef = torch.einsum("pr,rpc->c", torch.stack(grad_poly).to(table), table)
+        return None, grad_coef, None, None, None, None
 
 
 class SplineActivation(nn.Module):
@@ -106,17 +183,19 @@ class SplineActivation(nn.Module):
         super().__init__()
         if base not in ("silu", "identity"):
             raise ConfigError(f"activation base must be 'silu' or 'identity', got {base!r}")
-        self.order = order
+        make_knots(grid_size, order, grid_range)  # validates the grid
+        self.grid_size, self.order = grid_size, order
+        self.lo, self.h = float(grid_range[0]), (float(grid_range[1]) - float(grid_range[0])) / grid_size
         self.base = base
         self.grad_free = grad_free
-        self.register_buffer("knots", make_knots(grid_size, order, grid_range), persistent=False)
         self.coef = nn.Parameter(torch.randn(grid_size + order) * init_scale)
         self.base_scale = nn.Parameter(torch.ones(()))
+        self.register_buffer("table", _poly_table(grid_size, order).clone(), persistent=False)
 
     def spline(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_free:
-            return _GradFreeSpline.apply(x, self.coef, self.knots, self.order)
-        return bspline_basis(x, self.knots, self.order) @ self.coef
+            return _GradFreeSpline.apply(x, self.coef, self.table.to(x.dtype), self.order, self.lo, self.h)
+        return uniform_spline(x, self.coef, self.grid_size, self.order, self.lo, self.h, table=self.table.to(x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = F.silu(x) if self.base == "silu" else x

@@ -1,0 +1,132 @@
+"""The segmenter trainer: loss goes down, outputs, resume after an interruption, bad configs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import medagent.train.tool_trainer as tt
+from medagent.data import Case
+from medagent.data.dataset import CaseList, Dataset, DatasetInfo
+from medagent.errors import ConfigError
+from medagent.tools import load_tool
+from medagent.tools.segmenters import build_segmenter
+from medagent.train.tool_trainer import ToolTrainerConfig, dice_ce_loss, make_batch, train_tool
+
+CLASSES = {0: "background", 1: "blob"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: extra threads only contend with other processes on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _case(i: int) -> Case:
+    rng = np.random.default_rng(i)
+    label = np.zeros((24, 28), np.uint8)
+    y, x = rng.integers(2, 12), rng.integers(2, 14)
+    label[y : y + 9, x : x + 11] = 1
+    image = rng.normal(50, 5, size=(1, 24, 28)).astype(np.float32) + 100 * label[None]
+    return Case(image=image, label=label, modality="MR", class_names=CLASSES, id=f"c{i}")
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset() -> Dataset:
+    info = DatasetInfo(name="tiny-blobs", description="squares", modality="MR", class_names=CLASSES,
+                       label_origin="synthetic", license="CC0", source="test")
+    return Dataset(info, {"train": CaseList.from_cases([_case(i) for i in range(6)]),
+                          "val": CaseList.from_cases([_case(i) for i in range(6, 8)])})
+
+
+def _config(tmp_path, **kw) -> ToolTrainerConfig:
+    base = dict(model="unet", steps=8, batch_size=4, crop_size=16, val_every=4, lr=1e-2, out_dir=str(tmp_path / "run"),
+                progress=False, model_config={"width": 2, "depth": 2}, seed=3, num_threads=1)
+    base.update(kw)
+    return ToolTrainerConfig(**base)
+
+
+@pytest.mark.parametrize("model", ["unet", "allukan"])
+def test_training_lowers_the_loss_and_writes_outputs(tmp_path, tiny_dataset, model):
+    config = _config(tmp_path, model=model, steps=25, val_every=25, augment=False)
+    best = train_tool(config, dataset=tiny_dataset)
+    out = tmp_path / "run"
+    assert best == out / "best" and (best / "model.safetensors").exists()
+    assert {"config.json", "versions.json", "metrics.jsonl", "last"} <= {p.name for p in out.iterdir()}
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 25 and set(record["val"]["dice"]) == {"blob"}
+    # loss on one fixed batch: initial weights (same seed as the trainer) vs the trained ones
+    torch.manual_seed(config.seed)
+    initial = build_segmenter(model, pretrained=False, class_names=CLASSES, num_classes=2, dataset="tiny-blobs", **config.model_config)
+    trained = load_tool(model, checkpoint=str(out / "last"))
+    pairs = tt._prepare(list(tiny_dataset.cases("train")), trained.config)
+    x, y = make_batch(pairs, config, np.random.default_rng(0))
+    losses = []
+    for tool in (initial, trained):
+        tool.net.eval()
+        with torch.no_grad():
+            losses.append(float(dice_ce_loss(tool.net(x), y)))
+    assert losses[1] < 0.8 * losses[0], losses
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path, tiny_dataset, monkeypatch):
+    straight = _config(tmp_path / "a")
+    train_tool(straight, dataset=tiny_dataset)
+
+    interrupted = _config(tmp_path / "b")
+    calls = {"n": 0}
+    real = tt.make_batch
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # after the state saved at step 4
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tt, "make_batch", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train_tool(interrupted, dataset=tiny_dataset)
+    state = json.loads((tmp_path / "b" / "run" / "last" / "trainer_state.json").read_text())
+    assert state["step"] == 4
+    monkeypatch.setattr(tt, "make_batch", real)
+    train_tool(interrupted, dataset=tiny_dataset)
+
+    a = load_tool("unet", checkpoint=str(tmp_path / "a" / "run" / "last"))
+    b = load_tool("unet", checkpoint=str(tmp_path / "b" / "run" / "last"))
+    for (name, ta), tb in zip(a.net.state_dict().items(), b.net.state_dict().values()):
+        torch.testing.assert_close(ta, tb, msg=name)
+    lines = (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [4, 8]
+
+
+def test_resume_refuses_a_changed_config(tmp_path, tiny_dataset):
+    train_tool(_config(tmp_path, steps=4), dataset=tiny_dataset)
+    with pytest.raises(ConfigError, match="'crop_size'"):
+        train_tool(_config(tmp_path, steps=4, crop_size=20), dataset=tiny_dataset)
+
+
+def test_bad_trainer_configs():
+    with pytest.raises(ConfigError, match="model"):
+        ToolTrainerConfig(model="resnet")
+    with pytest.raises(ConfigError, match="steps"):
+        ToolTrainerConfig(steps=0)
+
+
+def test_augmentation_keeps_labels_aligned_and_range():
+    rng = np.random.default_rng(0)
+    image = np.zeros((1, 16, 16), np.float32)
+    image[0, 4:12, 4:12] = 1.0
+    label = (image[0] > 0.5).astype(np.int64)
+    config = ToolTrainerConfig(batch_size=4, crop_size=16, foreground_crop_prob=0.0, intensity_aug=False)
+    x, y = make_batch([(image, label)], config, rng)
+    assert x.shape == (4, 1, 16, 16) and y.shape == (4, 16, 16)
+    agree = ((x[:, 0] > 0.5).long() == y).float().mean()
+    assert agree > 0.95
+    aug = tt._intensity_augment(np.random.default_rng(1).random((1, 16, 16)).astype(np.float32), np.random.default_rng(2))
+    assert aug.min() >= 0 and aug.max() <= 1
