@@ -283,7 +283,8 @@ def env_play(
     dataset: Optional[str] = typer.Option(None, help="Builtin dataset (default: the env's default)."),
     data: Optional[Path] = typer.Option(None, help="Dataset folder."),
     split: str = typer.Option("test", help="Split episodes come from."),
-    agent: str = typer.Option("expert", help="expert, oracle-box, mean-box, auto or random."),
+    agent: str = typer.Option("expert", help="expert, oracle-box, mean-box, auto, random, or vlm (with --model)."),
+    model: Optional[str] = typer.Option(None, help="For --agent vlm: the policy folder (e.g. an SFT run's model/)."),
     episodes: int = typer.Option(5, help="Episodes to play."),
     out: Optional[Path] = typer.Option(None, help="Folder for frames (per episode: step PNGs, final.png, actions.json)."),
     max_turns: int = typer.Option(5, help="Turns before truncation."),
@@ -296,8 +297,11 @@ def env_play(
     from medagent.agents.play import play
 
     def run():
+        agent_kwargs = {"model_or_path": model} if agent == "vlm" else {}
+        if agent == "vlm" and model is None:
+            _fail("--agent vlm needs --model FOLDER (a saved policy, e.g. an SFT run's model/ folder)")
         rows = play(_env_settings(dataset, data, split, max_turns, image_size), agent=agent, episodes=episodes,
-                    out=out, seed=seed)
+                    out=out, seed=seed, agent_kwargs=agent_kwargs)
         table = Table(title=f"{agent} on {dataset or data or 'the default dataset'} ({split})")
         for col in ("episode", "case", "Dice", "IoU", "turns", "episode score", "sum of rewards", "actions"):
             table.add_column(col, overflow="fold")
@@ -398,18 +402,48 @@ def train_tool_cmd(
     from medagent.train.launch import make_config, train
 
     def run():
-        overrides = {}
-        for item in set_ or []:
-            if "=" not in item:
-                _fail(f"--set expects field=value, got {item!r}")
-            key, value = item.split("=", 1)
-            overrides[key.strip()] = value
+        overrides = _parse_sets(set_)
         config = make_config(name, dataset=dataset, data=data, steps=steps, seed=seed, out=out, overrides=overrides)
         if show_config:
             _console().print(dataclasses.asdict(config))
             return
         best = train(name, config)
         _console().print(f"best checkpoint: {best}  (use it with --checkpoint {best})")
+
+    _run_guarded(run)
+
+
+def _parse_sets(items: Optional[List[str]]) -> dict:
+    """['lr=0.001', 'steps=3'] -> {'lr': '0.001', 'steps': '3'}."""
+    overrides = {}
+    for item in items or []:
+        if "=" not in item:
+            _fail(f"--set expects field=value, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = value
+    return overrides
+
+
+@train_app.command("sft")
+def train_sft_cmd(
+    data: Path = typer.Option(..., help="A TRL export from `medagent trajectories export` (datasets on disk)."),
+    model: Optional[str] = typer.Option(None, help="A local VLM folder (e.g. Qwen3-VL); default: the tiny offline VLM."),
+    steps: Optional[int] = typer.Option(None, help="Optimisation steps (default: one epoch)."),
+    out: Optional[str] = typer.Option(None, help="Run folder."),
+    seed: int = typer.Option(0, help="Seed."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any other SFTRunConfig field: --set learning_rate=1e-4."),
+) -> None:
+    """Supervised fine-tuning of the policy on exported trajectories (TRL SFTTrainer, assistant-only loss)."""
+    from medagent.train.launch import config_from
+    from medagent.train.sft import SFTRunConfig, run_sft
+
+    def run():
+        values = {"data": str(data), "model": model, "out_dir": out, "seed": seed}
+        if steps is not None:
+            values["max_steps"] = steps
+        config = config_from(SFTRunConfig, values, _parse_sets(set_))
+        folder = run_sft(config)
+        _console().print(f"SFT run folder: {folder}")
 
     _run_guarded(run)
 

@@ -132,3 +132,19 @@ def test_train_tool_cli_runs_and_rejects_unknown_fields(tmp_path):
     assert result.exit_code == 2 and "no_such_field" in result.stdout
     result = invoke("train", "tool", "nope")
     assert result.exit_code == 2 and "trainable tools" in result.stdout
+
+
+def test_train_sft_cli_on_an_export_then_play_the_policy(tmp_path):
+    import functools
+
+    from medagent.envs.testing import make_env
+    from medagent.trajectories import GenerateConfig, export_trl, generate
+
+    trajectories = generate(functools.partial(make_env), tmp_path / "t", GenerateConfig(episodes=4, shard_size=4, seed=1))
+    export_trl(trajectories, tmp_path / "sft-data", val_fraction=0.0)
+    result = invoke("train", "sft", "--data", str(tmp_path / "sft-data"), "--steps", "2", "--out", str(tmp_path / "run"),
+                    "--set", "num_threads=1")
+    assert result.exit_code == 0, result.stdout
+    assert (tmp_path / "run" / "model").is_dir()
+    result = invoke("env", "play", "--agent", "vlm", "--episodes", "1")
+    assert result.exit_code == 2 and "--model" in result.stdout

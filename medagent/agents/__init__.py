@@ -8,6 +8,7 @@
 from medagent.agents.base import Agent, EpisodeResult, Step, run_episode
 from medagent.agents.baselines import AutoAgent, MeanBoxAgent, OracleBoxAgent, RandomAgent
 from medagent.agents.expert import ExpertAgent, ExpertConfig, interior_point, largest_error_regions
+from medagent.errors import ConfigError
 
 AGENTS = {
     "expert": ExpertAgent,
@@ -19,9 +20,16 @@ AGENTS = {
 
 
 def make_agent(name: str, **kwargs) -> Agent:
-    """Build an agent by name (one of `AGENTS`)."""
+    """Build an agent by name: one of `AGENTS`, or "vlm" (a VLM policy; kwargs: model_or_path=folder, ...).
+
+    The VLM agent is imported only when asked for, since transformers is slow to import.
+    """
+    if name == "vlm":
+        from medagent.agents.vlm import VLMPolicyAgent
+
+        return VLMPolicyAgent(**kwargs)
     if name not in AGENTS:
-        raise ValueError(f"unknown agent {name!r}; choose from {', '.join(AGENTS)}")
+        raise ConfigError(f"unknown agent {name!r}; choose from {', '.join([*AGENTS, 'vlm'])}")
     return AGENTS[name](**kwargs)
 
 

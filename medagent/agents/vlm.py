@@ -124,7 +124,7 @@ def corpus_texts(seed: int = 0, n_calls: int = 400, extra: Iterable[str] = ()) -
     """
     from medagent.envs import AUTO_MODELS, POINT_TYPES, format_call
     # The system prompt lives with the SFT export so that SFT data and this policy share it byte for byte.
-    from medagent.trajectories import FINAL_ANSWER, system_prompt
+    from medagent.envs.prompts import FINAL_ANSWER, system_prompt
 
     rng = random.Random(seed)
     texts = [system_prompt(), FINAL_ANSWER]
@@ -325,7 +325,7 @@ class VLMPolicyAgent(Agent):
     Args:
         model: a Qwen3-VL-style model, or a folder saved by `save_vlm` / `run_sft` (then `processor` is loaded).
         processor: its processor (chat template, tokenizer, image processor).
-        system: system prompt; default `medagent.trajectories.system_prompt()` (what SFT data uses).
+        system: system prompt; default `medagent.envs.prompts.system_prompt()` (what SFT data uses).
         max_new_tokens: generation budget per turn, tokens.
         do_sample / temperature / top_p: sampling; greedy by default (then `reset`'s seed does not matter).
         device: torch device for the model (None keeps it where it is).
@@ -348,7 +348,7 @@ class VLMPolicyAgent(Agent):
             raise ConfigError(f"VLMPolicyAgent.max_new_tokens must be >= 1, got {max_new_tokens}")
         self.model, self.processor = model, processor
         if system is None:
-            from medagent.trajectories import system_prompt
+            from medagent.envs.prompts import system_prompt
 
             system = system_prompt()
         self.system = system

@@ -90,6 +90,13 @@ def make_config(name: str, *, dataset: str | None = None, data: str | None = Non
         if target is None:
             raise ConfigError(f"--{flag} does not apply to the {name!r} trainer ({cls.__name__} has no such field)")
         values[target] = _coerce(fields[target].type, value)
+    return config_from(cls, values, overrides)
+
+
+def config_from(cls: type, values: dict[str, Any], overrides: dict[str, str] | None = None) -> Any:
+    """Instantiate config dataclass `cls` from `values` plus `field=value` text overrides (checked by name)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = dict(values)
     for key, value in (overrides or {}).items():
         if key not in fields:
             raise ConfigError(f"--set {key}=...: {cls.__name__} has no field {key!r}; fields: {', '.join(sorted(fields))}")

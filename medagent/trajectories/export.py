@@ -18,24 +18,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from medagent.envs.prompts import FINAL_ANSWER, SYSTEM_PROMPT, system_prompt  # noqa: F401  (re-exported)
 from medagent.errors import ConfigError
 from medagent.trajectories.generate import load_trajectories
-
-SYSTEM_PROMPT = (
-    "You segment a target structure in a medical image by calling tools. Coordinates are integers in a 0-999 "
-    "frame relative to the image width and height. Call one tool per turn as "
-    '<tool_call>{{"name": ..., "arguments": {{...}}}}</tool_call>; after each call you see the image with the current '
-    "mask in green. Call stop_action when the mask is right.\n\n# Tools\n\n<tools>\n{tools}\n</tools>"
-)
-FINAL_ANSWER = "The segmentation is complete."
-
-
-def system_prompt() -> str:
-    """The system prompt with the tool schema text, identical for SFT export and GRPO prompts."""
-    from medagent.envs import tool_schema_text
-
-    return SYSTEM_PROMPT.format(tools=tool_schema_text())
-
 
 def _text(text: str) -> dict[str, Any]:
     return {"type": "text", "text": text}
