@@ -448,6 +448,37 @@ def train_sft_cmd(
     _run_guarded(run)
 
 
+@eval_app.command("agent")
+def eval_agent(
+    agents: str = typer.Option("expert,oracle-box,mean-box,auto,random", help="Comma-separated agent names."),
+    dataset: Optional[str] = typer.Option(None, help="Builtin dataset (default: the env's default)."),
+    data: Optional[Path] = typer.Option(None, help="Dataset folder."),
+    split: str = typer.Option("test", help="Split episodes come from."),
+    episodes: int = typer.Option(20, help="Episodes per agent (the same episodes for every agent)."),
+    model: Optional[str] = typer.Option(None, help="Policy folder for the 'vlm' agent."),
+    max_turns: int = typer.Option(5, help="Turns before truncation."),
+    image_size: int = typer.Option(512, help="Policy image side, pixels."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also copy results JSON here."),
+    seed: int = typer.Option(0, help="Seed."),
+    runs_dir: Path = typer.Option(Path("medagent-runs"), help="Where run folders go."),
+) -> None:
+    """Score agents in the environment on the same episodes: Dice, IoU, turns, episode score (95% CIs)."""
+    from medagent.eval.agent_eval import agents_table, run_agent_eval
+
+    def run():
+        names = [a.strip() for a in agents.split(",") if a.strip()]
+        if "vlm" in names and model is None:
+            _fail("the vlm agent needs --model FOLDER")
+        kwargs = {"vlm": {"model_or_path": model}} if model else {}
+        path, df = run_agent_eval(_env_settings(dataset, data, split, max_turns, image_size), names, episodes=episodes,
+                                  seed=seed, agent_kwargs=kwargs, json_out=str(json_out) if json_out else None,
+                                  run_root=str(runs_dir))
+        _console().print(agents_table(df, title="Agents on the same episodes (reads GT = oracle, not a policy)"))
+        _console().print(f"results: {path}")
+
+    _run_guarded(run)
+
+
 # ---------------------------------------------------------------------------------------------- demo
 @app.command("demo")
 def demo(

@@ -1,0 +1,93 @@
+"""Evaluate agents in the interactive environment: the same episodes (case, target) for every agent.
+
+    from medagent.eval.agent_eval import evaluate_agents
+    df = evaluate_agents({"dataset": "mni-lesion", "split": "test"}, ["expert", "oracle-box", "auto"], episodes=20)
+
+Episode i is reset with the same seed for every agent, so each agent faces the same case and target and
+the comparison is paired. Agents that read the ground truth (`Agent.uses_ground_truth`: the expert, the
+oracle box) are flagged in the table so nobody mistakes them for policies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def evaluate_agents(env_settings: dict[str, Any], agents: list[str], episodes: int = 20, seed: int = 0,
+                    agent_kwargs: dict[str, dict[str, Any]] | None = None, tools: dict[str, Any] | None = None) -> Any:
+    """One row per (agent, episode): dataset, case, subject, instruction, dice, iou, turns, episode_score, oracle.
+
+    Args:
+        env_settings: `EnvConfig` fields (dataset, split, image_size, max_turns, ...).
+        agents: agent names (`medagent.agents.make_agent`).
+        episodes: episodes per agent.
+        seed: base seed; episode i uses the same seed for every agent.
+        agent_kwargs: per-agent keyword arguments (e.g. {"vlm": {"model_or_path": "..."}}).
+        tools: tool objects to use instead of the registry (see `InteractiveSegEnv(tools=...)`).
+    """
+    import pandas as pd
+
+    from medagent.agents import make_agent, run_episode
+    from medagent.envs import InteractiveSegEnv
+
+    env = InteractiveSegEnv(tools=tools, **env_settings)
+    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(episodes)]
+    rows = []
+    for name in agents:
+        agent = make_agent(name, **(agent_kwargs or {}).get(name, {}))
+        for index, episode_seed in enumerate(seeds):
+            result = run_episode(env, agent, seed=episode_seed)
+            episode = env.unwrapped.episode
+            rows.append({
+                "agent": name, "dataset": env.dataset.info.name, "episode": index, "case_id": episode.case.id,
+                "subject": episode.case.subject, "instruction": result.reset_info.get("instruction", ""),
+                "dice": result.dice, "iou": result.iou, "turns": result.turns, "episode_score": result.score,
+                "oracle": bool(getattr(agent, "uses_ground_truth", False)),
+            })
+    env.close()
+    return pd.DataFrame(rows)
+
+
+def agents_table(df: Any, title: str | None = None) -> Any:
+    """A rich table: per agent and dataset, mean Dice [95% bootstrap CI over subjects], IoU, turns, episode score."""
+    from rich.table import Table
+
+    from medagent.eval.results import bootstrap_ci
+
+    table = Table(title=title)
+    for col in ("agent", "dataset", "episodes", "Dice [95% CI]", "IoU", "turns", "episode score", "reads GT"):
+        table.add_column(col, justify="left" if col in ("agent", "dataset") else "right")
+    for (agent, dataset), group in df.groupby(["agent", "dataset"], sort=False):
+        mean, lo, hi = bootstrap_ci(group["dice"].to_numpy(), groups=group["subject"].to_numpy())
+        table.add_row(agent, dataset, str(len(group)), f"{mean:.3f} [{lo:.3f}, {hi:.3f}]",
+                      f"{group['iou'].mean():.3f}", f"{group['turns'].mean():.2f}",
+                      f"{group['episode_score'].mean():.3f}", "yes" if group["oracle"].iloc[0] else "no")
+    return table
+
+
+def run_agent_eval(env_settings: dict[str, Any], agents: list[str], episodes: int = 20, seed: int = 0,
+                   agent_kwargs: dict[str, dict[str, Any]] | None = None, json_out: str | None = None,
+                   run_root: str = "medagent-runs") -> tuple[Any, Any]:
+    """`evaluate_agents` plus a run folder: cases.parquet and results.json (summary per agent with bootstrap CIs).
+
+    Returns (results.json path, per-episode DataFrame).
+    """
+    import shutil
+
+    from medagent.eval.results import summarize
+    from medagent.eval.runs import RunFolder
+
+    config = {"env": {k: v for k, v in env_settings.items() if isinstance(v, (str, int, float, bool, type(None)))},
+              "agents": agents, "episodes": episodes}
+    run = RunFolder.create("eval-agent", config=config, seed=seed, root=run_root)
+    df = evaluate_agents(env_settings, agents, episodes=episodes, seed=seed, agent_kwargs=agent_kwargs)
+    table = df.rename(columns={"agent": "method"}).assign(class_index=0, class_name="episode target")
+    summary = summarize(table, seed=seed, metrics=["dice", "iou", "turns", "episode_score"])
+    path = run.write_results(summary, cases=table)
+    if json_out:
+        from medagent.eval.results import copy_results
+
+        copy_results(path, json_out)
+    return path, df
