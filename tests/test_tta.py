@@ -289,9 +289,13 @@ def _config_of(cls):
             "noadapt": noadapt.NoAdaptConfig}[cls.name]()
 
 
-def test_unknown_config_field_is_a_config_error(source_dir):
+def test_unknown_config_field_is_a_config_error_but_loose_context_is_dropped(source_dir):
+    from medagent.tools.registry import load_tool
+
     with pytest.raises(ConfigError, match="unknown field"):
         _tool("mgipt", source_dir, not_a_field=3)
+    tool = load_tool("tent", checkpoint=str(source_dir), lr=0.5, unrelated_context="ignored")
+    assert tool.config.lr == 0.5
 
 
 # -- state ----------------------------------------------------------------------------------------------------

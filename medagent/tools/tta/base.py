@@ -595,6 +595,12 @@ class AdaptiveTool(Tool):
 
 def build_adaptive(cls: type[AdaptiveTool], config_cls: type, checkpoint: str | None, dataset: str | None,
                    device: str, config: Any, overrides: dict[str, Any]) -> AdaptiveTool:
-    """Shared registry builder: source from `checkpoint` or the shipped `ctta-source-<dataset>`."""
-    cfg = config_from(config_cls, config, **overrides)
+    """Shared registry builder: source from `checkpoint` or the shipped `ctta-source-<dataset>`.
+
+    `config` (a dataclass or dict) is validated strictly (unknown fields are a ConfigError); loose
+    keyword `overrides` that are not config fields are context for other tools and are dropped, as the
+    registry does for every tool (`ToolSpec.build`).
+    """
+    known = {f.name for f in fields(config_cls)}
+    cfg = config_from(config_cls, config, **{k: v for k, v in overrides.items() if k in known})
     return cls(load_source(dataset, checkpoint, device=device), cfg)
