@@ -204,6 +204,25 @@ def test_geometry_round_trip(preset):
     assert bx[0] == pytest.approx(55 * rw / 100) and bx[3] == pytest.approx(39 * rh / 60)
 
 
+def test_box_mask_prior(tool, case):
+    """Tiny preprocessing renders a lone box into the mask input; explicit logits take precedence."""
+    from medagent.tools.sam.preprocess import box_edges_to_input, box_prior_logits
+
+    assert tool.preprocessing.box_mask_prior and not PRESETS["sam"].box_mask_prior
+    box = np.array([30, 20, 70, 60])
+    edges = box_edges_to_input(box[None], case.shape, tool.preprocessing)
+    prior = box_prior_logits(torch.from_numpy(edges), 256, tool.low_res_size).numpy()
+    inside = prior[0, 0] > 0
+    rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+    scale = 256 / 120 / 4  # original px -> low-res cells (aspect kept: W = 120 is the long side)
+    assert abs(cols[0] - 30 * scale) <= 1 and abs(cols[-1] - 71 * scale) <= 1 and abs(rows[-1] - 61 * scale) <= 1
+    a = tool.predict(case, boxes=box)
+    b = tool.predict(case, boxes=box, mask_logits=prior[0])
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-5)
+    plain = SamTool(tool.model, dataclasses.replace(tool.preprocessing, box_mask_prior=False), TINY_ARCH)
+    assert not np.allclose(plain.predict(case, boxes=box).logits, a.logits)
+
+
 def test_preprocessing_presets_values():
     rgb = np.random.default_rng(0).random((3, 30, 60)).astype(np.float32) * 0.5 + 0.25
     sam = prepare_input(rgb, PRESETS["sam"])

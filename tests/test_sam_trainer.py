@@ -77,8 +77,10 @@ def test_train_from_checkpoint_saves_loadable_model(tmp_path, datasets, start_ck
 
 
 def test_frozen_parts_do_not_change(tmp_path, datasets, start_ckpt):
-    cfg = _cfg(tmp_path, checkpoint=start_ckpt, steps=2, train_encoder=False, train_prompt_encoder=False, val_objects=0)
+    cfg = _cfg(tmp_path, checkpoint=start_ckpt, steps=2, train_encoder=False, train_prompt_encoder=False, val_objects=0,
+               box_mask_prior=False)
     tool = build(checkpoint=str(train_sam(cfg, datasets=datasets)))
+    assert build(checkpoint=start_ckpt).preprocessing.box_mask_prior and not tool.preprocessing.box_mask_prior
     start = build(checkpoint=start_ckpt)
     for name, v in start.model.state_dict().items():
         same = torch.equal(v, tool.model.state_dict()[name])

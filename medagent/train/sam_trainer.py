@@ -13,7 +13,8 @@ What one step does:
    each image also exists as seeded domain-shifted copies (`medagent.data.shifts.apply_shift`, random
    centre B-E, severity 1-4); every step adds a random flip and cheap intensity jitter (gamma, contrast,
    noise).
-3. The first prompt is a GT box jittered by up to `box_jitter` of its size (probability `box_prob`) or
+3. The first prompt is a GT box jittered by up to `box_jitter` of its size (probability `box_prob`;
+   with `box_mask_prior` the box is also rendered into the mask input of that first pass) or
    a positive click at the object's interior-most pixel. Then `r` ~ U{0..click_iterations} rounds of
    interactive simulation without gradient: predict, click at the distance-transform maximum of the
    largest error region (positive in a false negative, negative in a false positive), feed the previous
@@ -51,7 +52,7 @@ from medagent.data.case import Case
 from medagent.data.dataset import Dataset
 from medagent.errors import ConfigError, DataError
 from medagent.tools.sam.model import TINY_ARCH, build_sam, decode_per_prompt
-from medagent.tools.sam.preprocess import PRESETS, image_to_rgb01
+from medagent.tools.sam.preprocess import PRESETS, box_prior_logits, image_to_rgb01
 from medagent.tools.sam.prompts import corrective_click, iter_objects, jitter_box, mask_box
 from medagent.tools.sam.tool import SamConfig, SamTool, build
 
@@ -78,6 +79,9 @@ class SamTrainerConfig:
         click_iterations: most corrective-click rounds simulated before the loss pass.
         box_prob: probability that an image's prompts start from a jittered GT box (else a click).
         box_jitter: each box side moves by up to this fraction of the box size (at most 20 px).
+        box_mask_prior: render the (jittered) box into the mask input of a box's first pass (see
+            `Preprocessing.box_mask_prior`); None keeps the checkpoint's setting (on for the tiny SAM).
+            Saved with the model's preprocessing.
         min_object_area: smallest connected component (pixels) used as an object.
         shift_copies: domain-shifted copies per training image (`medagent.data.shifts`); 0 disables.
         augment: random flips and intensity jitter per step.
@@ -112,6 +116,7 @@ class SamTrainerConfig:
     click_iterations: int = 3
     box_prob: float = 0.75
     box_jitter: float = 0.1
+    box_mask_prior: bool | None = None
     min_object_area: int = 16
     shift_copies: int = 1
     augment: bool = True
@@ -319,6 +324,10 @@ def _train_step(model, x01, gts, cfg: SamTrainerConfig, pre, rng: np.random.Gene
     rounds = int(rng.integers(0, cfg.click_iterations + 1))
     boxes, points, labels = _initial_prompts(gt, rng.random() < cfg.box_prob, cfg, rng)
     mask_in = None
+    if boxes is not None and pre.box_mask_prior:
+        edges = boxes.clone()
+        edges[:, 2:] += 1.0  # inclusive pixel box -> exclusive right/bottom edges
+        mask_in = box_prior_logits(edges, s, model.prompt_encoder.mask_input_size[0])
     for _ in range(rounds):
         with torch.no_grad():
             low, _ = _decode(model, feats.detach(), boxes, points, labels, mask_in, False)
@@ -412,6 +421,8 @@ def train_sam(config: SamTrainerConfig, datasets: Sequence[Dataset] | None = Non
     (out / "versions.json").write_text(json.dumps(_versions(cfg.seed), indent=2, default=str) + "\n")
 
     tool = _initial_tool(cfg)
+    if cfg.box_mask_prior is not None:
+        tool.predictor.preprocessing = dataclasses.replace(tool.preprocessing, box_mask_prior=cfg.box_mask_prior)
     model, pre = tool.model, tool.preprocessing
     peak = cfg.lr if cfg.lr is not None else (1e-3 if cfg.checkpoint is None else 1e-5)
     params = _set_trainable(model, cfg)

@@ -22,6 +22,8 @@ from medagent.data.intensity import IntensityConfig
 from medagent.errors import ConfigError
 from medagent.tools.sam.preprocess import (
     Preprocessing,
+    box_edges_to_input,
+    box_prior_logits,
     boxes_to_input,
     coords_to_input,
     image_to_rgb01,
@@ -173,7 +175,8 @@ class SamPredictorCached:
             boxes: (N, 4) float [x0, y0, x1, y1] original pixels, or None.
             points: (N, P, 2) float [x, y] original pixels, or None.
             point_labels: (N, P) 1 positive / 0 negative, with `points`.
-            mask_logits: (N, 1, L, L) previous low-res logits, or None.
+            mask_logits: (N, 1, L, L) previous low-res logits, or None (then, with boxes and a
+                preprocessing with `box_mask_prior`, the boxes rendered as mask input).
             multimask: return SAM's 3 candidate masks per prompt set instead of 1.
 
         Returns:
@@ -191,6 +194,9 @@ class SamPredictorCached:
         if boxes is not None:
             box_t = torch.as_tensor(boxes_to_input(boxes, emb.original_size, pre), device=dev)
         mask_t = None if mask_logits is None else torch.as_tensor(mask_logits, dtype=torch.float32, device=dev)
+        if mask_t is None and boxes is not None and pre.box_mask_prior:
+            edges = box_edges_to_input(boxes, emb.original_size, pre)
+            mask_t = box_prior_logits(torch.from_numpy(edges), pre.image_size, self.low_res_size).to(dev)
         sparse, dense = self.model.prompt_encoder(points=pts, boxes=box_t, masks=mask_t)
         low_res, scores = self.model.mask_decoder(
             image_embeddings=emb.features,

@@ -49,6 +49,10 @@ class Preprocessing:
         value_scale: multiply the [0, 1] image by this (255 for SAM's 0-255 statistics, 1 otherwise).
         minmax: min-max scale the resized image to [0, 1] before `value_scale` (MedSAM).
         pixel_mean / pixel_std: per-channel statistics, in the units after `value_scale`.
+        box_mask_prior: when a box comes without previous logits, render the box into SAM's mask input
+            (`box_prior_logits`) so the decoder gets the box densely as well as through its corner
+            tokens. Off for the official checkpoints (not trained that way), on for the tiny SAM, whose
+            from-scratch decoder localises small boxes poorly from corner tokens alone.
     """
 
     name: str = "tiny"
@@ -58,6 +62,7 @@ class Preprocessing:
     minmax: bool = False
     pixel_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     pixel_std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    box_mask_prior: bool = False
 
     def __post_init__(self) -> None:
         if self.image_size <= 0:
@@ -99,7 +104,7 @@ class Preprocessing:
 PRESETS: dict[str, Preprocessing] = {
     "sam": Preprocessing("sam", 1024, True, 255.0, False, IMAGENET_MEAN_255, IMAGENET_STD_255),
     "medsam": Preprocessing("medsam", 1024, False, 1.0, True, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
-    "tiny": Preprocessing("tiny", 256, True, 1.0, False, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    "tiny": Preprocessing("tiny", 256, True, 1.0, False, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), box_mask_prior=True),
 }
 
 
@@ -187,3 +192,25 @@ def mask_to_low_res_logits(mask: np.ndarray, pre: Preprocessing, low_res_size: i
     t = F.pad(t, (0, s - rw, 0, s - rh))
     t = F.interpolate(t, size=(low_res_size, low_res_size), mode="area")
     return (scale * (2.0 * t[0] - 1.0)).numpy().astype(np.float32)
+
+
+def box_prior_logits(edges: torch.Tensor, image_size: int, low_res_size: int, scale: float = 4.0) -> torch.Tensor:
+    """Boxes rendered as mask-input logits: (N, 4) [left, top, right, bottom) in input-frame pixels
+    (right/bottom exclusive) -> (N, 1, L, L), `scale * (2 f - 1)` with f the box's cover of each cell."""
+    cell = image_size / low_res_size
+    lo = torch.arange(low_res_size, dtype=torch.float32) * cell
+    hi = lo + cell
+
+    def cover(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (N,) edges -> (N, L) fraction
+        return ((torch.minimum(b[:, None], hi) - torch.maximum(a[:, None], lo)).clamp(0, cell)) / cell
+
+    e = torch.as_tensor(edges, dtype=torch.float32).reshape(-1, 4)
+    f = cover(e[:, 1], e[:, 3])[:, :, None] * cover(e[:, 0], e[:, 2])[:, None, :]
+    return (scale * (2.0 * f - 1.0))[:, None]
+
+
+def box_edges_to_input(boxes: np.ndarray, original_size: tuple[int, int], pre: Preprocessing) -> np.ndarray:
+    """Inclusive pixel boxes (N, 4) -> their pixel edges [left, top, right, bottom) in the input frame."""
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+    b[:, 2:] += 1.0
+    return boxes_to_input(b, original_size, pre)
