@@ -253,3 +253,12 @@ def test_load_references_reads_images_and_any_nonzero_mask(tmp_path):
     assert refs[0].label.dtype == np.uint8 and set(np.unique(refs[0].label)) == {0, 1} and refs[0].label.sum() == 100
     with pytest.raises(ToolError, match="one reference mask per reference image"):
         load_references([tmp_path / "ref.png"], [])
+
+
+def test_cps_at_density_one_in_point_mode_is_the_dense_baseline(sam):
+    refs = [_blob_case("a", (20, 20), seed=1), _blob_case("b", (30, 36), seed=2)]
+    target = _blob_case("t", (24, 30), seed=3)
+    cps = build(sam=sam, match_size=24, density=1.0, refine=False, prompt_mode="point").predict(target, references=refs)
+    dense = DensePointsTool(sam, CpsConfig(match_size=24)).predict(target, references=refs)
+    assert cps.extras["n_points"] == dense.extras["n_points"]
+    assert np.array_equal(cps.mask, dense.mask)

@@ -16,7 +16,8 @@ Training-free: a frozen SAM and a frozen feature backbone. Pipeline (METHODS.md 
    SAM's mask and a reference's ground truth, with that reference as the target: leave-one-out across
    shots (k >= 2), or `n_augment` augmented views of the single reference (1-shot). The best density
    (ties -> the sparser) is applied to the target.
-4. SAM is prompted with the sparse points (all in one prompt, or one prompt per matched region;
+4. SAM is prompted with the sparse points (each its own single-point prompt, masks filtered and merged
+   as in the dense baseline; or all in one prompt; or one prompt per matched region;
    optionally a box from their extent and negative points from background-like cells); an optional
    refinement pass feeds SAM its own logits back with the same prompt.
 
@@ -26,8 +27,8 @@ rest are merged by union) and `SinglePointTool` (PerSAM style: one positive poin
 one negative at the minimum of the cosine similarity to the mean reference-foreground feature).
 
 Inputs: `references` = list of 2D Cases whose `label` is the binary reference mask, or reference images
-with `reference_masks` = one (H, W) mask per reference. References must have the target's spatial size
-and channel count; an empty or non-binary reference mask is an error.
+with `reference_masks` = one (H, W) mask per reference. References must have the target's channel count
+and, unless `reference_sizes="any"`, its spatial size; an empty or non-binary reference mask is an error.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from medagent.tools.fewshot.matching import Match, cell_centres, mask_fraction, 
 from medagent.tools.fewshot.prompter import GroupResult, PromptGroup, Prompter, SamPrompter
 from medagent.tools.fewshot.sparsify import OPERATORS, sparsify
 
+PROMPT_MODES = ("point", "joint", "region")
 #: Config keys callers pass to every tool alike (e.g. the CLI's dataset); few-shot tools ignore them.
 _CONTEXT_KEYS = frozenset({"dataset"})
 
@@ -71,8 +73,9 @@ class CpsConfig:
         densities: candidate fractions of dense points kept, each in (0, 1].
         density: a fixed density (skips the choice on the references), or None.
         min_points: fewest points kept at any density.
-        prompt_mode: "joint" (all sparse points in one SAM prompt) or "region" (one prompt per matched
-            region, masks merged by union).
+        prompt_mode: "point" (each sparse point a single-point prompt, masks filtered and merged as the
+            dense baseline does: at density 1 CPS is the dense baseline), "joint" (all sparse points in one
+            SAM prompt) or "region" (one prompt per matched region, masks merged by union).
         negative_points: negative points added to each prompt (the most background-like cells).
         use_box: add a box from the extent of each prompt's points, grown by `box_margin` x its size.
         box_margin: see `use_box`.
@@ -80,6 +83,8 @@ class CpsConfig:
         n_augment: augmented views scored per density for 1-shot.
         augment: ranges of those views.
         dense_keep_ratio: dense baseline: masks with mean similarity below this x the best are dropped.
+        reference_sizes: "error" (default): a reference whose spatial size differs from the target's is
+            an error; "any": allow it (matching runs on each image's own grid, nothing is resampled).
         seed: seed of reference subsets, clustering and augmentation.
     """
 
@@ -94,7 +99,7 @@ class CpsConfig:
     densities: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.4, 1.0)
     density: float | None = None
     min_points: int = 1
-    prompt_mode: str = "joint"
+    prompt_mode: str = "point"
     negative_points: int = 0
     use_box: bool = False
     box_margin: float = 0.1
@@ -102,6 +107,7 @@ class CpsConfig:
     n_augment: int = 2
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     dense_keep_ratio: float = 0.5
+    reference_sizes: str = "error"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -112,8 +118,10 @@ class CpsConfig:
             raise ConfigError(f"density must be in (0, 1] or None, got {self.density}")
         if self.sparsify not in OPERATORS:
             raise ConfigError(f"sparsify must be one of {OPERATORS}, got {self.sparsify!r}")
-        if self.prompt_mode not in ("joint", "region"):
-            raise ConfigError(f"prompt_mode must be 'joint' or 'region', got {self.prompt_mode!r}")
+        if self.reference_sizes not in ("error", "any"):
+            raise ConfigError(f"reference_sizes must be 'error' or 'any', got {self.reference_sizes!r}")
+        if self.prompt_mode not in PROMPT_MODES:
+            raise ConfigError(f"prompt_mode must be one of {PROMPT_MODES}, got {self.prompt_mode!r}")
         if self.match_size < 2 or self.max_points < 1 or self.n_augment < 1 or self.min_points < 1:
             raise ConfigError("match_size must be >= 2 and max_points, n_augment, min_points >= 1")
         if isinstance(self.augment, dict):
@@ -176,9 +184,9 @@ class _FewShotTool(Tool):
                 raise ToolError(f"{where} is a {type(ref).__name__}, not a Case")
             if ref.ndim != 2:
                 raise ToolError(f"{where} is {ref.ndim}D (shape {ref.shape}); few-shot references must be 2D")
-            if ref.shape != case.shape:
+            if ref.shape != case.shape and self.config.reference_sizes == "error":
                 raise ToolError(f"{where} has spatial size {ref.shape} but the target {case.id!r} has {case.shape}; "
-                                "resample references onto the target's size first")
+                                "resample references onto the target's size first (or set reference_sizes='any')")
             if ref.channels != case.channels:
                 raise ToolError(f"{where} has {ref.channels} channel(s) but the target {case.id!r} has {case.channels}")
             mask = ref.label if reference_masks is None else np.asarray(reference_masks[i])
@@ -240,6 +248,19 @@ def _best_point(m: Match) -> tuple[np.ndarray, np.ndarray]:
     return cell, flat[[int(np.argmax(flat))]].astype(np.float32)
 
 
+def _similarity_filter(masks: np.ndarray, sim: np.ndarray, owner: np.ndarray, ratio: float) -> np.ndarray:
+    """Which of N masks (N, H, W) to merge: non-empty, mean similarity >= ratio x the best of the same owner."""
+    n = len(masks)
+    flat = masks.reshape(n, -1)
+    area = flat.sum(1)
+    mean_sim = (flat * sim.reshape(1, -1)).sum(1) / np.maximum(area, 1)
+    keep = area > 0
+    for o in np.unique(owner):
+        sel = owner == o
+        keep[sel] &= mean_sim[sel] >= ratio * mean_sim[sel].max(initial=0)
+    return keep
+
+
 class CpsTool(_FewShotTool):
     """Conditional Point Sparsification (module docstring)."""
 
@@ -279,6 +300,8 @@ class CpsTool(_FewShotTool):
         neg = self._negatives(case, m)
         if c.prompt_mode == "joint":
             parts = [keep]
+        elif c.prompt_mode == "point":
+            parts = [keep[i : i + 1] for i in range(len(keep))]
         else:
             parts = [keep[regions[keep] == r] for r in np.unique(regions[keep])]
         groups = []
@@ -324,8 +347,12 @@ class CpsTool(_FewShotTool):
             meta.append({"density": d, "points": used, "point_labels": labels, "fallback": fallback})
         res = self._run(case, all_groups)
         owner_arr = np.asarray(owner)
+        if self.config.prompt_mode == "point" and len(all_groups):  # the dense baseline's merge filter
+            keep = _similarity_filter(res.masks, self._similarity_image(m, case.shape), owner_arr, self.config.dense_keep_ratio)
+        else:
+            keep = np.ones(len(all_groups), bool)
         for j, item in enumerate(meta):
-            sel = owner_arr == j
+            sel = (owner_arr == j) & keep
             item["mask"] = res.masks[sel].max(axis=0) if sel.any() else np.zeros(case.shape, np.uint8)
             item["score"] = float(res.scores[sel].mean()) if sel.any() else 0.0
         return meta
@@ -396,10 +423,8 @@ class DensePointsTool(_FewShotTool):
             pts, fallback = cell_centres(cell, m.grid, case.shape), True
         groups = [PromptGroup(p[None].astype(np.float32), np.ones(1, np.int64)) for p in pts]
         res = self.prompter.segment_groups(case, groups, multimask=True)
-        sim = self._similarity_image(m, case.shape)
-        area = res.masks.reshape(len(groups), -1).sum(1)
-        mean_sim = (res.masks.reshape(len(groups), -1) * sim.reshape(1, -1)).sum(1) / np.maximum(area, 1)
-        keep = (area > 0) & (mean_sim >= self.config.dense_keep_ratio * mean_sim.max(initial=0))
+        keep = _similarity_filter(res.masks, self._similarity_image(m, case.shape), np.zeros(len(groups), int),
+                                  self.config.dense_keep_ratio)
         mask = res.masks[keep].max(axis=0) if keep.any() else np.zeros(case.shape, np.uint8)
         return Prediction(
             mask=mask,
