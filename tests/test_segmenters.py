@@ -156,3 +156,36 @@ def test_config_class_names_must_match_num_classes():
 def test_registered():
     names = {spec.name for spec in list_tools()}
     assert {"unet", "ifunet", "allukan"} <= names
+
+
+SHIPPED = ["unet-mni-tissue", "ifunet-mni-tissue", "allukan-mni-tissue", "unet-mni-lesion", "unet-nuclei", "unet-ct-phantom"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_reproduces_recorded_dice(name):
+    from medagent.data.builtin import load_builtin
+    from medagent.train.tool_trainer import _as_2d, evaluate_dice
+    from medagent.weights import WEIGHTS_DIR, verify_weights
+
+    folder = WEIGHTS_DIR / name
+    if not (folder / "metrics.json").exists():
+        pytest.fail(f"shipped checkpoint {name} is missing")
+    problems = [p for p in verify_weights() if p.startswith(name)]
+    assert not problems, problems
+    model, dataset = name.split("-", 1)
+    tool = load_tool(model, dataset=dataset)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    recorded = metrics["check"]
+    cases = _as_2d(load_builtin(dataset).cases("test"))
+    cases = [c for c in cases if c.id in recorded["cases"]]
+    assert [c.id for c in cases] == recorded["cases"]
+    result = evaluate_dice(tool, cases)
+    assert abs(result["mean_dice"] - recorded["mean_dice"]) <= 0.01
+    assert metrics["test"]["mean_dice"] > 0.2  # it learned something (lesions are small: see its model card)
+
+
+def test_default_builder_loads_mni_tissue_weights():
+    tool = load_tool("ifunet")
+    assert tool.config.dataset == "mni-tissue" and tool.class_names[2] == "grey matter"
+    with pytest.raises(Exception, match="no shipped"):
+        load_tool("allukan", dataset="nuclei")

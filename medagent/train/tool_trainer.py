@@ -405,3 +405,92 @@ def _write_versions(out: Path, seed: int) -> None:
     except Exception:  # noqa: BLE001 - the run helper is optional here
         versions = {"torch": torch.__version__, "numpy": np.__version__, "seed": seed}
     (out / "versions.json").write_text(json.dumps(versions, indent=2, default=str) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# the recipes of the shipped checkpoints (medagent/weights/<model>-<dataset>/)
+# ----------------------------------------------------------------------------------------------
+_SHIPPED_COMMON = dict(steps=400, batch_size=8, crop_size=80, lr=3e-3, val_every=50, seed=0, num_threads=1,
+                       model_config={"width": 8, "depth": 3})
+SHIPPED_RECIPES: dict[str, dict[str, Any]] = {
+    "unet-mni-tissue": dict(model="unet", dataset="mni-tissue"),
+    "ifunet-mni-tissue": dict(model="ifunet", dataset="mni-tissue"),
+    "allukan-mni-tissue": dict(model="allukan", dataset="mni-tissue"),
+    "unet-mni-lesion": dict(model="unet", dataset="mni-lesion"),
+    "unet-nuclei": dict(model="unet", dataset="nuclei", crop_size=64),
+    "unet-ct-phantom": dict(model="unet", dataset="ct-phantom", crop_size=96,
+                            model_config={"width": 8, "depth": 3, "ct_window": "wide"}),
+}
+#: test cases whose Dice the shipped-weights test recomputes (first N of the test split)
+CHECK_CASES = 4
+
+
+def shipped_config(name: str, out_dir: str | Path) -> ToolTrainerConfig:
+    """The exact `ToolTrainerConfig` of shipped checkpoint `name` (see `SHIPPED_RECIPES`)."""
+    if name not in SHIPPED_RECIPES:
+        raise ConfigError(f"no recipe for shipped checkpoint {name!r}; known: {sorted(SHIPPED_RECIPES)}")
+    fields = {**_SHIPPED_COMMON, **SHIPPED_RECIPES[name]}
+    return ToolTrainerConfig(**fields, out_dir=str(out_dir), progress=False)
+
+
+def train_shipped(name: str, work_dir: str | Path = "medagent-runs/shipped", install: bool = True) -> dict[str, Any]:
+    """Train shipped checkpoint `name` from its recipe, evaluate it on the test split and (with
+    `install`) copy it into medagent/weights/<name>/ with metrics.json, a model card and its manifest entry.
+
+    Returns the metrics written to metrics.json.
+    """
+    import shutil
+
+    from medagent.data.builtin import load_builtin
+    from medagent.tools.segmenters import TOOL_CLASSES
+
+    config = shipped_config(name, Path(work_dir) / name)
+    started = time.time()
+    best = train_tool(dataclasses.replace(config, resume=False))
+    seconds = time.time() - started
+    tool = TOOL_CLASSES[config.model].from_pretrained(best)
+    test = _as_2d(load_builtin(config.dataset, seed=config.dataset_seed).cases("test"))
+    full = evaluate_dice(tool, test)
+    check = evaluate_dice(tool, test[:CHECK_CASES])
+    metrics = {"test": full, "check": {"cases": [c.id for c in test[:CHECK_CASES]], **check},
+               "train_seconds": round(seconds, 1), "parameters": tool.num_parameters(), "threads": config.num_threads}
+    if install:
+        from medagent.weights import WEIGHTS_DIR, record_weights
+
+        folder = WEIGHTS_DIR / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for fname in ("model.safetensors", "config.json"):
+            shutil.copy(best / fname, folder / fname)
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (folder / "README.md").write_text(_model_card(name, config, metrics))
+        version = getattr(__import__("medagent.data.builtin", fromlist=["BUILTIN_DATASETS"]), "BUILTIN_DATASETS")[config.dataset].version
+        record_weights(name, f"{config.dataset}-v{version}")
+    return metrics
+
+
+def _model_card(name: str, config: ToolTrainerConfig, metrics: dict[str, Any]) -> str:
+    test = metrics["test"]
+    per = "\n".join(f"| {k} | {v:.4f} |" for k, v in test["dice"].items())
+    recipe = ", ".join(f"{k}={v!r}" for k, v in SHIPPED_RECIPES[name].items())
+    return f"""# {name}
+
+Tiny `{config.model}` segmenter shipped with medagent (embedded default; offline, CPU).
+
+- Data: builtin dataset `{config.dataset}` (train split; best checkpoint by mean foreground Dice on the
+  val split), derived from files installed packages ship (see `medagent data list`).
+- Recipe (seeded, exact):
+  `medagent.train.tool_trainer.train_shipped("{name}")`, i.e.
+  `train_tool(shipped_config("{name}", out_dir))` with the common settings
+  `{json.dumps(_SHIPPED_COMMON)}` overridden by `{recipe}`.
+- Seed: {config.seed}. Threads: {config.num_threads}. Training time: {metrics['train_seconds']} s on a shared
+  2-core CPU. Parameters: {metrics['parameters']}.
+- Test split ({config.dataset}, whole images): mean foreground Dice **{test['mean_dice']:.4f}**
+
+| class | Dice |
+| --- | --- |
+{per}
+
+`metrics.json` also records the Dice on the first {CHECK_CASES} test cases, which
+tests/test_segmenters.py recomputes (tolerance 0.01). Limits: tiny width, a few hundred CPU steps,
+template-derived or synthetic labels: a demonstration model, not a clinical one.
+"""
