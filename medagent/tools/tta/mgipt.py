@@ -19,8 +19,9 @@ Per image:
 4. Ensemble: the instance prediction and the three teacher-global predictions, per pixel, weighted by
    c_j * conf_j with c = (2, 0.5, 0.5, 0.5) and conf = max class probability, NORMALISED to sum to 1
    (`normalize_ensemble`). The release divides by sum(conf) only, so its weights sum to
-   (2 conf_inst + 0.5 sum conf_g) / sum(conf) (between 0.5 and 2), which rescales the logits; with one
-   sigmoid channel the argmax cannot change, so its weights act as constants. `normalize_ensemble=False` reproduces the release.
+   (2 conf_inst + 0.5 sum conf_g) / sum(conf) (between 0.5 and 2), which rescales the logits; with a
+   single output channel the softmax max is always 1, so its weights are the constants 0.5 and 0.125.
+   `normalize_ensemble=False` reproduces the release.
 
 Release details kept as options: during prompt training the release normalises BN with the image's own
 statistics on the first image and, from then on, with the 0.8 / 0.2 inference mix (its `inference` flag
