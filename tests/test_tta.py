@@ -372,3 +372,15 @@ def test_evaluate_ctta_writes_results_with_centres_rounds_and_forgetting(tmp_pat
     assert ctta["tent"]["images"] == 8
     assert "nuclei" in res.summary["tent"]
     assert set(res.cases["phase"]) == {"clean_before", "stream", "clean_after"}
+
+
+def test_ctta_source_training_has_no_intensity_augmentation_and_shipped_sources_have_bn():
+    from medagent.train.ctta_source import CTTASourceConfig, source_weights_name, trainer_config
+    from medagent.weights import read_manifest
+
+    cfg = trainer_config(CTTASourceConfig(dataset="nuclei", steps=1, out_dir="unused"))
+    assert cfg.model == "unet" and cfg.intensity_aug is False and cfg.crop_size == 64
+    for ds in ("mni-tissue", "nuclei"):
+        assert source_weights_name(ds) in read_manifest()
+        src = tta_base.load_source(ds)
+        assert src.config.model == "unet" and src.bn_layers()
