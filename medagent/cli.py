@@ -479,6 +479,49 @@ def eval_agent(
     _run_guarded(run)
 
 
+@eval_app.command("ctta")
+def eval_ctta(
+    dataset: str = typer.Option("mni-tissue", help="Builtin dataset with a shipped source model (mni-tissue, nuclei)."),
+    methods: str = typer.Option("noadapt,tent,cotta,vptta,mgipt", help="Comma-separated methods (also mgipt-reduced)."),
+    rounds: int = typer.Option(3, help="Repetitions of the centre sequence."),
+    centres: Optional[str] = typer.Option(None, help="Centres in stream order, e.g. B,C,D,E (default)."),
+    severity: Optional[float] = typer.Option(None, help="Shift severity 1-5 (default per dataset)."),
+    max_cases: Optional[int] = typer.Option(None, help="Cases per centre (seeded subsample)."),
+    episodic: bool = typer.Option(False, help="Reset every method at each centre change (comparison mode)."),
+    checkpoint: Optional[str] = typer.Option(None, help="Source segmenter checkpoint instead of the shipped one."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also copy results JSON here."),
+    seed: int = typer.Option(0, help="Seed."),
+    runs_dir: Path = typer.Option(Path("medagent-runs"), help="Where run folders go."),
+) -> None:
+    """Continual test-time adaptation over a multi-centre stream: Dice per centre and round, degradation, forgetting, cost."""
+    from rich.table import Table
+
+    from medagent.tools.tta.stream import evaluate_ctta
+
+    def run():
+        names = [m.strip() for m in methods.split(",") if m.strip()]
+        order = [c.strip() for c in centres.split(",")] if centres else None
+        report = evaluate_ctta(dataset, names, rounds=rounds, centres=order, seed=seed, episodic=episodic,
+                               json_out=json_out, run_root=runs_dir, severity=severity, max_cases=max_cases,
+                               checkpoint=checkpoint)
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        table = Table(title=f"Continual TTA on {dataset} ({'episodic' if episodic else 'continual'}, {rounds} rounds)")
+        first = next(iter(report.ctta[n] for n in names))
+        for col in ["method", "overall", *[f"centre {c}" for c in first["per_centre"]],
+                    *[f"round {r}" for r in first["per_round"]], "degradation", "forgetting", "cost x noadapt"]:
+            table.add_column(col, justify="left" if col == "method" else "right")
+        for name in names:
+            row = report.ctta[name]
+            cost = row.get("relative_cost")
+            table.add_row(name, fmt(row["overall"]), *[fmt(v) for v in row["per_centre"].values()],
+                          *[fmt(v) for v in row["per_round"].values()], fmt(row.get("degradation")),
+                          fmt(row.get("forgetting")), "-" if cost is None else f"{cost:.1f}")
+        _console().print(table)
+        _console().print(f"results: {report.results}")
+
+    _run_guarded(run)
+
+
 # ---------------------------------------------------------------------------------------------- demo
 @app.command("demo")
 def demo(

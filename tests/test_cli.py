@@ -148,3 +148,23 @@ def test_train_sft_cli_on_an_export_then_play_the_policy(tmp_path):
     assert (tmp_path / "run" / "model").is_dir()
     result = invoke("env", "play", "--agent", "vlm", "--episodes", "1")
     assert result.exit_code == 2 and "--model" in result.stdout
+
+
+def test_eval_ctta_and_stream_adaptation(tmp_path):
+    out = tmp_path / "ctta.json"
+    result = invoke("eval", "ctta", "--dataset", "nuclei", "--methods", "noadapt,tent", "--rounds", "1",
+                    "--max-cases", "1", "--centres", "B,E", "--json", str(out), "--runs-dir", str(tmp_path / "runs"))
+    assert result.exit_code == 0, result.stdout
+    results = json.loads(out.read_text())
+    assert set(results["ctta"]) >= {"noadapt", "tent"}
+    assert "centre E" in result.stdout
+
+    stream = tmp_path / "stream"
+    stream.mkdir()
+    from medagent.data import load_builtin
+
+    for i, case in enumerate(load_builtin("nuclei").cases("test")[:2]):
+        np.save(stream / f"img{i}.npy", case.image[0])
+    result = invoke("tool", "run", "mgipt", "--source", "nuclei", "--stream", str(stream), "--out", str(tmp_path / "masks"))
+    assert result.exit_code == 0, result.stdout
+    assert len(list((tmp_path / "masks").iterdir())) == 2
