@@ -297,7 +297,7 @@ def env_play(
     from medagent.agents.play import play
 
     def run():
-        agent_kwargs = {"model_or_path": model} if agent == "vlm" else {}
+        agent_kwargs = {"model": model} if agent == "vlm" else {}
         if agent == "vlm" and model is None:
             _fail("--agent vlm needs --model FOLDER (a saved policy, e.g. an SFT run's model/ folder)")
         rows = play(_env_settings(dataset, data, split, max_turns, image_size), agent=agent, episodes=episodes,
@@ -469,7 +469,7 @@ def eval_agent(
         names = [a.strip() for a in agents.split(",") if a.strip()]
         if "vlm" in names and model is None:
             _fail("the vlm agent needs --model FOLDER")
-        kwargs = {"vlm": {"model_or_path": model}} if model else {}
+        kwargs = {"vlm": {"model": model}} if model else {}
         path, df = run_agent_eval(_env_settings(dataset, data, split, max_turns, image_size), names, episodes=episodes,
                                   seed=seed, agent_kwargs=kwargs, json_out=str(json_out) if json_out else None,
                                   run_root=str(runs_dir))
@@ -494,8 +494,7 @@ def eval_ctta(
     runs_dir: Path = typer.Option(Path("medagent-runs"), help="Where run folders go."),
 ) -> None:
     """Continual test-time adaptation over a multi-centre stream: Dice per centre and round, degradation, forgetting, cost."""
-    from rich.table import Table
-
+    from medagent.eval.ctta_report import ctta_table
     from medagent.tools.tta.stream import evaluate_ctta
 
     def run():
@@ -504,19 +503,8 @@ def eval_ctta(
         report = evaluate_ctta(dataset, names, rounds=rounds, centres=order, seed=seed, episodic=episodic,
                                json_out=json_out, run_root=runs_dir, severity=severity, max_cases=max_cases,
                                checkpoint=checkpoint)
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        table = Table(title=f"Continual TTA on {dataset} ({'episodic' if episodic else 'continual'}, {rounds} rounds)")
-        first = next(iter(report.ctta[n] for n in names))
-        for col in ["method", "overall", *[f"centre {c}" for c in first["per_centre"]],
-                    *[f"round {r}" for r in first["per_round"]], "degradation", "forgetting", "cost x noadapt"]:
-            table.add_column(col, justify="left" if col == "method" else "right")
-        for name in names:
-            row = report.ctta[name]
-            cost = row.get("relative_cost")
-            table.add_row(name, fmt(row["overall"]), *[fmt(v) for v in row["per_centre"].values()],
-                          *[fmt(v) for v in row["per_round"].values()], fmt(row.get("degradation")),
-                          fmt(row.get("forgetting")), "-" if cost is None else f"{cost:.1f}")
-        _console().print(table)
+        title = f"Continual TTA on {dataset} ({'episodic' if episodic else 'continual'}, {rounds} rounds)"
+        _console().print(ctta_table(report.ctta, names, title=title))
         _console().print(f"results: {report.results}")
 
     _run_guarded(run)

@@ -148,6 +148,10 @@ def test_train_sft_cli_on_an_export_then_play_the_policy(tmp_path):
     assert (tmp_path / "run" / "model").is_dir()
     result = invoke("env", "play", "--agent", "vlm", "--episodes", "1")
     assert result.exit_code == 2 and "--model" in result.stdout
+    result = invoke("env", "play", "--agent", "vlm", "--model", str(tmp_path / "run" / "model"), "--dataset", "phantom",
+                    "--episodes", "1", "--image-size", "64", "--max-turns", "2")
+    assert result.exit_code == 0, result.stdout
+    assert "mean Dice" in result.stdout
 
 
 def test_eval_ctta_and_stream_adaptation(tmp_path):

@@ -286,3 +286,27 @@ def test_trl_adapter_episode():
     adapter.stop_action()
     assert adapter.get_reward() == pytest.approx(env.episode.score)
     assert adapter.get_reward() == pytest.approx(0.2 * 0.5 + 0.8 * (1.0 - 0.02 + 0.0))  # 1 invalid call, T = 2
+
+
+def test_cps_references_share_the_target_grid():
+    """References of another shape are never handed to few-shot tools."""
+    import numpy as np
+
+    from medagent.data import Case
+    from medagent.data.dataset import CaseList, Dataset, DatasetInfo
+    from medagent.envs.testing import fake_tools, make_case
+
+    base = make_case(0)
+    odd = make_case(1)
+    wide = Case(image=np.pad(odd.image, ((0, 0), (0, 0), (0, 8))), label=np.pad(odd.label, ((0, 0), (0, 8))),
+                modality=odd.modality, class_names=odd.class_names, id="wide", subject="wide")
+    same = make_case(2)
+    info = DatasetInfo("mixed", "mixed sizes", "MR", dict(base.class_names), "procedural", "CC0", "tests")
+    dataset = Dataset(info, {"train": CaseList.from_cases([wide, same]), "test": CaseList.from_cases([base])})
+    from medagent.envs import InteractiveSegEnv
+
+    env = InteractiveSegEnv(dataset=dataset, split="test", tools=fake_tools(), load_tools=False, image_size=32,
+                            min_area=9, n_references=2)
+    env.reset(seed=0)
+    refs = env._references(env.episode.case, env.episode.target)
+    assert refs and all(r.shape == base.shape for r in refs)

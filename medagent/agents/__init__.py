@@ -20,7 +20,7 @@ AGENTS = {
 
 
 def make_agent(name: str, **kwargs) -> Agent:
-    """Build an agent by name: one of `AGENTS`, or "vlm" (a VLM policy; kwargs: model_or_path=folder, ...).
+    """Build an agent by name: one of `AGENTS`, or "vlm" (a VLM policy; kwargs: model=folder, ...).
 
     The VLM agent is imported only when asked for, since transformers is slow to import.
     """

@@ -190,7 +190,11 @@ class InteractiveSegEnv(gym.Env):
         return case.slice(int(self.np_random.choice(labelled)), axis)
 
     def _references(self, case: Case, target: Target) -> list[Case]:
-        """Up to `n_references` train-split cases of other subjects holding the target class, binary-labelled."""
+        """Up to `n_references` train-split cases of other subjects holding the target class, binary-labelled.
+
+        Only cases on the target's grid (same shape and channels) qualify: few-shot tools match features
+        on one grid, and MNI slices of other orientations have other shapes.
+        """
         try:
             pool = self.dataset.cases("train")
         except DataError:
@@ -201,6 +205,8 @@ class InteractiveSegEnv(gym.Env):
             if pool.subjects[i] == case.subject:
                 continue
             ref = self._as_2d(pool[int(i)])
+            if ref.shape != case.shape or ref.channels != case.channels:
+                continue
             index = next((k for k, v in ref.class_names.items() if v == target.class_name), None)
             if index is None or ref.label is None or np.count_nonzero(ref.label == index) < self.config.min_area:
                 continue

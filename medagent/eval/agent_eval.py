@@ -24,7 +24,7 @@ def evaluate_agents(env_settings: dict[str, Any], agents: list[str], episodes: i
         agents: agent names (`medagent.agents.make_agent`).
         episodes: episodes per agent.
         seed: base seed; episode i uses the same seed for every agent.
-        agent_kwargs: per-agent keyword arguments (e.g. {"vlm": {"model_or_path": "..."}}).
+        agent_kwargs: per-agent keyword arguments (e.g. {"vlm": {"model": "..."}}).
         tools: tool objects to use instead of the registry (see `InteractiveSegEnv(tools=...)`).
     """
     import pandas as pd
