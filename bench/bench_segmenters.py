@@ -10,6 +10,7 @@ the masks is skipped) as mean +- std over seeds, and parameter counts. Classes a
 
     python bench/bench_segmenters.py            # 3 seeds, the shipped recipe's 400 steps
     python bench/bench_segmenters.py --quick    # 1 seed, 60 steps, 12 test cases: a smoke run
+    python bench/bench_segmenters.py --shipped  # no training: the shipped checkpoints vs otsu (the issue's goal)
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--other", default="nuclei", help="the other builtin task")
     parser.add_argument("--centres", default="B,C,D,E")
     parser.add_argument("--max-cases", type=int, default=0, help="test cases per condition (0 = all)")
+    parser.add_argument("--shipped", action="store_true", help="score the shipped checkpoints instead of training")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.steps, args.max_cases, args.centres = "0", 60, 12, "B,D"
@@ -100,6 +102,18 @@ def main() -> None:
         for cond in conds:
             dataset_of[cond] = dataset
             results[(cond, "otsu")] = [evaluate(baseline, cases_of(conditions[cond]), conditions[cond].info.class_names)]
+        if args.shipped:
+            for model in NETWORKS:
+                try:
+                    tool = load_tool(model, dataset=dataset)
+                except Exception as exc:  # noqa: BLE001  (not shipped for this dataset)
+                    print(f"  {model} on {dataset}: not shipped ({exc})", file=sys.stderr)
+                    continue
+                params[(dataset, model)] = tool.num_parameters()
+                for cond in conds:
+                    ds = conditions[cond]
+                    results[(cond, model)] = [evaluate(tool, cases_of(ds), ds.info.class_names)]
+            continue
         with tempfile.TemporaryDirectory() as work:
             for model in NETWORKS:
                 for seed in seeds:
@@ -109,7 +123,10 @@ def main() -> None:
                     for cond in conds:
                         ds = conditions[cond]
                         results.setdefault((cond, model), []).append(evaluate(tool, cases_of(ds), ds.info.class_names))
+    if args.shipped:
+        seeds, args.steps = [0], "shipped"
     print_table(results, params, dataset_of, seeds, args, time.time() - started)
+    print_goal(results)
 
 
 def _ms(values: list[float]) -> str:
@@ -136,6 +153,19 @@ def print_table(results, params, dataset_of, seeds, args, seconds) -> None:
                   + f" | {_ms([r['mean']['dice'] for r in runs]):>13s} | {_ms([r['mean']['hd95'] for r in runs]):>13s}")
         print()
     print(f"(otsu has no training and no seeds; total time {seconds:.0f} s on this machine, 1 thread)")
+
+
+def print_goal(results) -> None:
+    """The issue's goal: every network beats the intensity baseline (mean Dice) on every shifted centre."""
+    shifted = sorted({c for c, _ in results if "sev3" in c})
+    for model in NETWORKS:
+        rows = [(c, np.mean([r["mean"]["dice"] for r in results[(c, model)]]), results[(c, "otsu")][0]["mean"]["dice"])
+                for c in shifted if (c, model) in results]
+        if not rows:
+            continue
+        wins = sum(m > o for _, m, o in rows)
+        detail = ", ".join(f"{c.split()[1]}: {m:.3f} vs {o:.3f}" for c, m, o in rows)
+        print(f"goal {model} > otsu on shifted centres: {wins}/{len(rows)} ({detail})")
 
 
 if __name__ == "__main__":
