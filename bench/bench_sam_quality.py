@@ -7,7 +7,8 @@ dataset, beside two floors that need no model: the filled GT box and the ellipse
 Objects are `medagent.tools.sam.prompts.iter_objects` (instances where the dataset has them, else
 8-connected components of each class with >= --min-area px). The box is the tight GT box; clicks are
 simulated at the distance-transform maximum of the largest error region, with the box, all clicks
-and the previous logits sent at every turn (`simulate_clicks` on a `SamSession`). Goal: the tiny SAM
+and the previous logits sent at every turn (`simulate_clicks` on a `SamSession`); the "no-logits"
+column repeats the clicks with `use_previous_logits=False` (box + clicks only). Goal: the tiny SAM
 beats the inscribed ellipse on every dataset.
 """
 
@@ -71,7 +72,8 @@ def main() -> None:
     t_all = time.time()
     for name in args.datasets.split(","):
         ds = open_dataset(name)
-        scores: dict[str, list[float]] = {"box": [], "ellipse": [], "sam_box": [], f"sam_box+{args.clicks}": []}
+        nolog = f"sam_box+{args.clicks} no-logits"
+        scores: dict[str, list[float]] = {"box": [], "ellipse": [], "sam_box": [], f"sam_box+{args.clicks}": [], nolog: []}
         t0 = time.time()
         for case in ds.cases(args.split):
             cases = list(case.iter_slices(only_with_target=True)) if case.ndim == 3 else [case]
@@ -85,6 +87,8 @@ def main() -> None:
                     ep = simulate_clicks(tool.session(c), obj, args.clicks, box=box)
                     scores["sam_box"].append(dice(ep.predictions[0].mask, obj))
                     scores[f"sam_box+{args.clicks}"].append(dice(ep.predictions[-1].mask, obj))
+                    ep2 = simulate_clicks(tool.session(c, use_previous_logits=False), obj, args.clicks, box=box)
+                    scores[nolog].append(dice(ep2.predictions[-1].mask, obj))
         n = len(scores["box"])
         row = {"dataset": name, "objects": n, "seconds": round(time.time() - t0, 1)}
         for k, v in scores.items():
@@ -92,13 +96,13 @@ def main() -> None:
         row["beats_ellipse"] = bool(n and row["sam_box"]["mean"] > row["ellipse"]["mean"])
         rows.append(row)
 
-    cols = ["box", "ellipse", "sam_box", f"sam_box+{args.clicks}"]
+    cols = ["box", "ellipse", "sam_box", f"sam_box+{args.clicks}", f"sam_box+{args.clicks} no-logits"]
     print(f"checkpoint: {tool.source}  ({tool.model_type}, preprocessing {tool.preprocessing.name}); split {args.split}")
-    header = f"{'dataset':<12}{'objects':>8}" + "".join(f"{c:>18}" for c in cols) + f"{'SAM>ellipse':>13}"
+    header = f"{'dataset':<12}{'objects':>8}" + "".join(f"{c:>22}" for c in cols) + f"{'SAM>ellipse':>13}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        cells = "".join(f"{r[c]['mean']:>11.3f} ±{r[c]['ci95']:.3f}" for c in cols)
+        cells = "".join(f"{r[c]['mean']:>15.3f} ±{r[c]['ci95']:.3f}" for c in cols)
         print(f"{r['dataset']:<12}{r['objects']:>8}{cells}{'yes' if r['beats_ellipse'] else 'NO':>13}")
     print(f"(Dice mean ± 95% CI half-width over objects; {time.time() - t_all:.0f} s)")
     if args.json:

@@ -185,6 +185,23 @@ def test_session_keeps_box_clicks_and_logits(tool, case):
     del p1
 
 
+def test_session_without_previous_logits(tool, case):
+    s = tool.session(case, use_previous_logits=False)
+    s.set_box([30, 20, 70, 60])
+    p = s.add_point((50, 40), positive=False)
+    direct = tool.predict(case, boxes=[30, 20, 70, 60], points=[[50, 40]], point_labels=[0])
+    np.testing.assert_allclose(p.logits, direct.logits, atol=1e-5)
+    other = _disk(case.shape, 60, 95, 10)
+    s.set_mask(other)  # an explicit mask is still used, once
+    p2 = s.add_point((60, 30), positive=True)
+    direct = tool.predict(case, boxes=[30, 20, 70, 60], points=[[50, 40], [60, 30]], point_labels=[0, 1],
+                          mask_logits=tool.mask_to_logits(other))
+    np.testing.assert_allclose(p2.logits, direct.logits, atol=1e-5)
+    p3 = s.add_point((40, 30), positive=True)
+    direct = tool.predict(case, boxes=[30, 20, 70, 60], points=[[50, 40], [60, 30], [40, 30]], point_labels=[0, 1, 1])
+    np.testing.assert_allclose(p3.logits, direct.logits, atol=1e-5)
+
+
 @pytest.mark.parametrize("preset", ["sam", "medsam", "tiny"])
 def test_geometry_round_trip(preset):
     """A mask pushed into the low-res frame and back lands where it was (aspect kept or not)."""

@@ -129,8 +129,8 @@ class SamTool(Tool):
         """A binary (H, W) mask on the case grid -> (1, L, L) logits for `mask_logits`."""
         return mask_to_low_res_logits(mask, self.preprocessing, self.low_res_size, self.config.mask_logit_scale)
 
-    def session(self, case: Case) -> "SamSession":
-        return SamSession(self, case)
+    def session(self, case: Case, use_previous_logits: bool = True) -> "SamSession":
+        return SamSession(self, case, use_previous_logits)
 
     # -- prediction -----------------------------------------------------------------------------
     def predict_2d(
@@ -371,6 +371,7 @@ class _SessionState:
     labels: list[int]
     logits: np.ndarray | None
     prediction: Prediction | None
+    external: bool = False  # logits came from set_mask (always used once, whatever use_previous_logits)
 
 
 class SamSession:
@@ -379,12 +380,17 @@ class SamSession:
     Every prompt sends all of them to SAM (the same in training, trajectories and inference). A second
     box replaces the first; clicks stay. `set_mask` makes any tool's mask the mask input of the next
     prompt. `undo` restores the state before the last prompt or mask.
+
+    `use_previous_logits=False` drops SAM's own previous logits from later prompts (box + clicks only,
+    plus a `set_mask` mask once); the default True is the environment contract. See docs/sam.md for
+    what each gives with the tiny SAM.
     """
 
-    def __init__(self, tool: SamTool, case: Case) -> None:
+    def __init__(self, tool: SamTool, case: Case, use_previous_logits: bool = True) -> None:
         require_2d(case, "sam")
         self.tool = tool
         self.case = case
+        self.use_previous_logits = bool(use_previous_logits)
         self._state = _SessionState(None, [], [], None, None)
         self._history: list[_SessionState] = []
 
@@ -419,7 +425,7 @@ class SamSession:
 
     def _push(self) -> None:
         s = self._state
-        self._history.append(_SessionState(s.box, list(s.points), list(s.labels), s.logits, s.prediction))
+        self._history.append(_SessionState(s.box, list(s.points), list(s.labels), s.logits, s.prediction, s.external))
 
     def _run(self) -> Prediction:
         s = self._state
@@ -428,9 +434,10 @@ class SamSession:
             boxes=s.box,
             points=np.array(s.points, dtype=np.float32) if s.points else None,
             point_labels=np.array(s.labels, dtype=np.int64) if s.points else None,
-            mask_logits=s.logits,
+            mask_logits=s.logits if (self.use_previous_logits or s.external) else None,
         )
         s.logits = pred.logits[:1]
+        s.external = False
         s.prediction = pred
         return pred
 
@@ -466,6 +473,7 @@ class SamSession:
             raise ToolError(f"set_mask: mask shape {mask.shape} differs from the image {self.case.shape}")
         self._push()
         self._state.logits = self.tool.mask_to_logits(mask)
+        self._state.external = True
         self._state.prediction = Prediction(mask=(mask > 0).astype(np.uint8), extras={"source": "set_mask"})
 
     def undo(self) -> Prediction | None:
