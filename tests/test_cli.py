@@ -85,8 +85,9 @@ def test_tool_run_bad_input_is_one_clear_line(tmp_path):
     assert result.exit_code == 2 and "exactly one" in result.stdout
 
 
-def test_eval_tool_on_folder_writes_results(tmp_path):
-    folder = _write_pair_folder(tmp_path / "d", n=4)
+@pytest.mark.parametrize("volume", [False, True])
+def test_eval_tool_on_folder_writes_results(tmp_path, volume):
+    folder = _write_pair_folder(tmp_path / "d", n=4, volume=volume)
     out = tmp_path / "out.json"
     result = invoke("eval", "tool", "otsu", "--data", str(folder), "--split", "all", "--json", str(out),
                     "--runs-dir", str(tmp_path / "runs"))
