@@ -6,8 +6,9 @@
 2. Expert episodes/s with the tiny SAM (the shipped one; an untrained tiny SAM of the same shape if none
    is shipped, labelled as such).
 3. AsyncVectorEnv with 2 workers vs 1 (steps/s ratio, same tool).
-4. Per builtin dataset: final Dice, mean turns and episode score of Expert, OracleBox, MeanBox, Auto and
-   Random with the registry's tools (unavailable tools show up as low scores; the table says which tools
+4. Per builtin dataset: final Dice, mean turns and episode score of Expert (the hybrid mix, 30% click-only
+   episodes), Expert-box (every episode starts from a box), OracleBox, MeanBox, Auto and Random on the same
+   episodes with the registry's tools (unavailable tools show up as low scores; the table says which tools
    loaded). Goal: Expert >= OracleBox + 0.02 Dice on every dataset.
 """
 
@@ -126,21 +127,24 @@ def bench_async(steps: int) -> tuple[float, float]:
 
 
 def bench_agents(datasets: list[str], episodes: int) -> list[tuple]:
-    from medagent.agents import make_agent, run_episode
+    """Per dataset, every agent on the same episodes (`medagent.eval.agent_eval`, paired seeds)."""
     from medagent.envs import InteractiveSegEnv
+    from medagent.eval.agent_eval import evaluate_agents
 
     rows = []
+    agents = ["expert", "expert-box", "oracle-box", "mean-box", "auto", "random"]
     for name in datasets:
+        settings = {"dataset": name, "image_size": 256, "split": "test"}
         try:
-            env = InteractiveSegEnv(dataset=name, image_size=256, split="test")
+            env = InteractiveSegEnv(**settings)
         except Exception as exc:  # noqa: BLE001 - a dataset not built yet is reported, not fatal
             rows.append((name, "-", float("nan"), float("nan"), float("nan"), f"unavailable: {exc}"[:60]))
             continue
         loaded = [k for k in ("sam", "unet", "ifunet", "allukan", "refine", "cps") if env.provider.available(k, automatic=k in ("unet", "ifunet", "allukan"))]
-        for agent in ("expert", "oracle-box", "mean-box", "auto", "random"):
-            results = [run_episode(env, make_agent(agent), seed=s) for s in range(episodes)]
-            rows.append((name, agent, np.mean([r.dice for r in results]), np.mean([r.turns for r in results]),
-                         np.mean([r.score for r in results]), ",".join(loaded) or "no tools"))
+        df = evaluate_agents(settings, agents, episodes=episodes, seed=0)
+        for agent in agents:
+            part = df[df.agent == agent]
+            rows.append((name, agent, part.dice.mean(), part.turns.mean(), part.episode_score.mean(), ",".join(loaded) or "no tools"))
     return rows
 
 
@@ -160,8 +164,15 @@ def main() -> None:
     print(f"3. AsyncVectorEnv steps/s: 1 worker {one:.1f}, 2 workers {two:.1f}, ratio {two / one:.2f}")
     print("4. agents per builtin dataset (test split, registry tools)")
     print(f"   {'dataset':<12} {'agent':<11} {'dice':>6} {'turns':>6} {'score':>6}  tools")
-    for name, agent, dice, turns, score, tools in bench_agents(args.datasets.split(","), 3 if args.quick else 20):
+    rows = bench_agents(args.datasets.split(","), 3 if args.quick else 20)
+    for name, agent, dice, turns, score, tools in rows:
         print(f"   {name:<12} {agent:<11} {dice:6.3f} {turns:6.2f} {score:6.3f}  {tools}")
+    by = {(r[0], r[1]): r[2] for r in rows}
+    for expert in ("expert", "expert-box"):
+        checks = [(d, by[(d, expert)] - by[(d, "oracle-box")]) for d in args.datasets.split(",") if (d, expert) in by]
+        wins = sum(gap >= 0.02 for _, gap in checks)
+        print(f"goal {expert} >= oracle-box + 0.02 Dice: {wins}/{len(checks)} datasets ("
+              + ", ".join(f"{d} {gap:+.3f}" for d, gap in checks) + ")")
 
 
 if __name__ == "__main__":

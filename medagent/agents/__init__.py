@@ -10,8 +10,18 @@ from medagent.agents.baselines import AutoAgent, MeanBoxAgent, OracleBoxAgent, R
 from medagent.agents.expert import ExpertAgent, ExpertConfig, interior_point, largest_error_regions
 from medagent.errors import ConfigError
 
+class BoxExpertAgent(ExpertAgent):
+    """The expert without click-only episodes: every episode starts from a box, then corrective clicks."""
+
+    name = "expert-box"
+
+    def __init__(self, config: ExpertConfig | None = None, **overrides) -> None:
+        super().__init__(config, **{"click_only_ratio": 0.0, **overrides})
+
+
 AGENTS = {
     "expert": ExpertAgent,
+    "expert-box": BoxExpertAgent,
     "oracle-box": OracleBoxAgent,
     "mean-box": MeanBoxAgent,
     "auto": AutoAgent,
@@ -34,6 +44,6 @@ def make_agent(name: str, **kwargs) -> Agent:
 
 
 __all__ = [
-    "AGENTS", "Agent", "AutoAgent", "EpisodeResult", "ExpertAgent", "ExpertConfig", "MeanBoxAgent", "OracleBoxAgent",
+    "AGENTS", "Agent", "AutoAgent", "BoxExpertAgent", "EpisodeResult", "ExpertAgent", "ExpertConfig", "MeanBoxAgent", "OracleBoxAgent",
     "RandomAgent", "Step", "interior_point", "largest_error_regions", "make_agent", "run_episode",
 ]

@@ -41,6 +41,9 @@ class ExpertConfig:
         max_retries: prompt candidates tried per turn (jittered boxes, or clicks in other error regions).
         tools: which non-prompt tools the expert tries: any of "auto_segment", "cps", "adapt", "refine".
         auto_models: models tried with auto_segment.
+        try_tight_box: the first box candidate is the tight ground-truth box (no jitter); the other
+            `max_retries - 1` are jittered. The best candidate is kept, so the expert starts at least as
+            well as the oracle box whenever it uses a box.
     """
 
     click_only_ratio: float = 0.3
@@ -48,6 +51,7 @@ class ExpertConfig:
     tau: float = 0.01
     max_retries: int = 3
     tools: tuple[str, ...] = ("auto_segment", "cps", "adapt", "refine")
+    try_tight_box: bool = True
     auto_models: tuple[str, ...] = AUTO_MODELS
 
 
@@ -114,8 +118,9 @@ class ExpertAgent(Agent):
         cfg = self.config
         calls: list[ToolCall] = []
         if not ep.mask.any() and not self.click_only:
-            for _ in range(max(1, cfg.max_retries)):
-                calls.append(ToolCall("add_bbox", {"bbox_2d": self._jittered_box(ep)}))
+            for attempt in range(max(1, cfg.max_retries)):
+                jitter = 0.0 if attempt == 0 and cfg.try_tight_box else cfg.box_jitter
+                calls.append(ToolCall("add_bbox", {"bbox_2d": self._jittered_box(ep, jitter)}))
         else:
             for _, positive, region in largest_error_regions(ep.mask, ep.gt)[: max(1, cfg.max_retries)]:
                 x, y = interior_point(region)
@@ -128,10 +133,9 @@ class ExpertAgent(Agent):
             calls.append(ToolCall("refine", {}))
         return calls
 
-    def _jittered_box(self, ep: Episode) -> list[int]:
+    def _jittered_box(self, ep: Episode, j: float) -> list[int]:
         ys, xs = np.nonzero(ep.gt)
         x0, x1, y0, y1 = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
-        j = self.config.box_jitter
         w, h = x1 - x0 + 1, y1 - y0 + 1
         dx0, dx1 = self.rng.uniform(-j, j, 2) * w
         dy0, dy1 = self.rng.uniform(-j, j, 2) * h
