@@ -158,6 +158,7 @@ def tool_run(
     out: Path = typer.Option(Path("mask.nii.gz"), help="Mask to write, on the input grid (.nii.gz, .nrrd, .mha, .png, .npy)."),
     overlay: Optional[Path] = typer.Option(None, help="Also write an overlay PNG of the prediction."),
     checkpoint: Optional[str] = typer.Option(None, help="Checkpoint folder or file instead of the shipped weights."),
+    checkpoint_type: Optional[str] = typer.Option(None, help="sam: preprocessing of an official .pth: sam or medsam (default: from the file name)."),
     box: Optional[Tuple[int, int, int, int]] = typer.Option(None, help="Box X0 Y0 X1 Y1 in pixels (x = column), for promptable tools."),
     modality: Optional[str] = typer.Option(None, help="Modality when metadata does not say."),
     axis: Optional[int] = typer.Option(None, help="For 3D input to a 2D tool: slice axis (default: coarsest spacing)."),
@@ -188,7 +189,8 @@ def tool_run(
         if (image is None) == (dataset is None):
             _fail("give exactly one of --image FILE or --dataset NAME --index I")
         case = open_case(image, modality=modality) if image is not None else open_dataset(dataset).cases(split)[index]
-        tool = load_tool(name, checkpoint=checkpoint, dataset=dataset or source)
+        extra = {"checkpoint_type": checkpoint_type} if checkpoint_type else {}
+        tool = load_tool(name, checkpoint=checkpoint, dataset=dataset or source, **extra)
         inputs = {}
         if box is not None:
             inputs["boxes"] = np.asarray([box], dtype=np.float32)

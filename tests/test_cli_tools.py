@@ -108,3 +108,10 @@ def test_env_play_and_eval_agent(tmp_path):
     assert result.exit_code == 0, result.stdout
     summary = json.loads((tmp_path / "a.json").read_text())["summary"]
     assert summary["oracle-box"]["mni-lesion"]["episode target"]["dice"]["mean"] > summary["mean-box"]["mni-lesion"]["episode target"]["dice"]["mean"]
+
+
+def test_tool_run_sam_rejects_an_unknown_checkpoint_type(tmp_path, lesion_pngs):
+    image = lesion_pngs[0][0]
+    result = invoke("tool", "run", "sam", "--image", image, "--box", 10, 10, 40, 40, "--checkpoint-type", "bogus",
+                    "--out", tmp_path / "m.png")
+    assert result.exit_code == 2 and "checkpoint_type" in result.stdout
