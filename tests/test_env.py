@@ -310,3 +310,30 @@ def test_cps_references_share_the_target_grid():
     env.reset(seed=0)
     refs = env._references(env.episode.case, env.episode.target)
     assert refs and all(r.shape == base.shape for r in refs)
+
+
+def test_prompt_session_can_leave_previous_logits_out():
+    import numpy as np
+
+    from medagent.envs.session import PromptSession
+    from medagent.envs.testing import make_case
+    from medagent.tools.base import Prediction
+
+    class Recorder:
+        inputs = frozenset({"boxes", "points", "point_labels", "mask_logits"})
+
+        def __init__(self):
+            self.calls = []
+
+        def predict(self, case, **inputs):
+            self.calls.append(sorted(inputs))
+            return Prediction(mask=np.zeros(case.shape, np.uint8), logits=np.zeros((1, 8, 8), np.float32))
+
+    case = make_case(0)
+    for previous, expected in ((True, True), (False, False)):
+        tool = Recorder()
+        session = PromptSession(tool, case, previous_logits=previous)
+        session.set_box([1, 1, 10, 10])
+        session.add_click([5, 5], True)
+        assert ("mask_logits" in tool.calls[1]) is expected
+        assert "points" in tool.calls[1] and "boxes" in tool.calls[1]

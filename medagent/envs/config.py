@@ -28,6 +28,8 @@ class EnvConfig:
         message_max_chars: length of the Text action space (longer messages are still accepted; the parser
             reads the first 20,000 characters).
         prompt_tool: registry name of the promptable segmenter behind add_bbox / add_point.
+        prompt_previous_logits: send the previous mask logits with every prompt (the contract, as MedSAM-Agent
+            trains); False sends box + all clicks only, which the shipped tiny SAM answers better (docs/sam.md).
         refine_tool / cps_tool / adapt_tool: registry names behind refine, cps and adapt.
         n_references: reference exemplars (train-split cases with the target class) given to cps.
         load_tools: build tools missing from `tools=` with `medagent.tools.load_tool`.
@@ -48,6 +50,7 @@ class EnvConfig:
     history_max_chars: int = 2048
     message_max_chars: int = 4096
     prompt_tool: str = "sam"
+    prompt_previous_logits: bool = True
     refine_tool: str = "refine"
     cps_tool: str = "cps"
     adapt_tool: str = "mgipt"

@@ -151,7 +151,7 @@ class Episode:
         other.__dict__.update(self.__dict__)
         other.mask = self.mask.copy()
         if self.session is not None:
-            other.session = PromptSession(self.session.tool, self.case)
+            other.session = PromptSession(self.session.tool, self.case, self.session.previous_logits)
             other.session.state = self.session.state.copy()
         other.undo_stack = list(self.undo_stack)
         other.trace = EpisodeTrace(list(self.trace.calls), self.trace.format_failed, self.trace.nsd, self.trace.hd95)
@@ -216,7 +216,7 @@ class Episode:
 
     def _session(self) -> PromptSession:
         if self.session is None:
-            self.session = PromptSession(self.provider.get(self.config.prompt_tool), self.case)
+            self.session = PromptSession(self.provider.get(self.config.prompt_tool), self.case, self.config.prompt_previous_logits)
         return self.session
 
     def _accept(self, snapshot: tuple[np.ndarray, Any], mask: np.ndarray, call: ToolCall) -> tuple[str, str]:

@@ -40,11 +40,14 @@ class PromptSession:
     Args:
         tool: object with `predict(case, **inputs) -> Prediction` (e.g. `load_tool("sam")`).
         case: the 2D case at its original resolution.
+        previous_logits: send the previous mask logits with every prompt (the environment contract); False
+            sends the box and all clicks only. A mask set by another tool is sent either way.
     """
 
-    def __init__(self, tool: Any, case: Case) -> None:
+    def __init__(self, tool: Any, case: Case, previous_logits: bool = True) -> None:
         self.tool = tool
         self.case = case
+        self.previous_logits = previous_logits
         self.state = SessionState()
 
     def set_box(self, box: list[int]) -> Prediction:
@@ -84,5 +87,5 @@ class PromptSession:
         prediction = self.tool.predict(self.case, **inputs)
         if not isinstance(prediction, Prediction):
             raise ToolError(f"promptable tool returned {type(prediction).__name__}, not a Prediction")
-        self.state.logits = prediction.logits
+        self.state.logits = prediction.logits if self.previous_logits else None
         return prediction
