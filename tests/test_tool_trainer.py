@@ -128,5 +128,97 @@ def test_augmentation_keeps_labels_aligned_and_range():
     assert x.shape == (4, 1, 16, 16) and y.shape == (4, 16, 16)
     agree = ((x[:, 0] > 0.5).long() == y).float().mean()
     assert agree > 0.95
-    aug = tt._intensity_augment(np.random.default_rng(1).random((1, 16, 16)).astype(np.float32), np.random.default_rng(2))
+    aug = tt._intensity_augment(np.random.default_rng(1).random((1, 16, 16)).astype(np.float32), np.random.default_rng(2))  # "basic"
     assert aug.min() >= 0 and aug.max() <= 1
+
+
+def _blob_image() -> tuple[np.ndarray, np.ndarray]:
+    """A (1, 32, 40) scaled image with a bright square and its label."""
+    label = np.zeros((32, 40), np.int64)
+    label[8:24, 10:30] = 1
+    image = (0.2 + 0.6 * label)[None].astype(np.float32)
+    return image, label
+
+
+ALL_OFF = {f"{k}_prob": 0.0 for k in ("bias", "blur", "lowres", "noise", "contrast", "gamma", "stripe")}
+
+
+@pytest.mark.parametrize("transform", ["bias", "blur", "lowres", "noise", "contrast", "gamma", "stripe"])
+def test_each_robust_transform_changes_the_image_and_keeps_the_range(transform):
+    image, _ = _blob_image()
+    aug = tt.AugmentConfig(**{**ALL_OFF, f"{transform}_prob": 1.0}, renormalize=False)
+    outs = [tt.robust_intensity_augment(image, np.random.default_rng(s), aug) for s in range(4)]
+    for out in outs:
+        assert out.shape == image.shape and out.dtype == np.float32
+        assert out.min() >= 0.0 and out.max() <= 1.0 and np.isfinite(out).all()
+    assert max(float(np.abs(out - image).max()) for out in outs) > 1e-3, transform
+    # everything off (and no re-scaling) is the identity
+    same = tt.robust_intensity_augment(image, np.random.default_rng(0), tt.AugmentConfig(**ALL_OFF, renormalize=False))
+    np.testing.assert_array_equal(same, image)
+
+
+def test_blur_and_low_resolution_can_act_on_one_axis_only():
+    image = np.zeros((1, 32, 32), np.float32)
+    image[0, 16:, :] = 1.0  # a horizontal edge: only changes along y (axis 1)
+    flat = tt._low_resolution(image, (1.0, 3.0))  # low resolution along x only: the edge stays sharp
+    np.testing.assert_allclose(flat, image, atol=1e-6)
+    soft = tt._low_resolution(image, (3.0, 1.0))
+    assert 0.0 < soft[0, 16, 5] < 1.0 or 0.0 < soft[0, 15, 5] < 1.0
+
+
+def test_robust_rescaling_and_labels_stay_aligned():
+    image, label = _blob_image()
+    config = ToolTrainerConfig(batch_size=6, crop_size=32, foreground_crop_prob=0.0, geometric_aug=False,
+                               aug={**ALL_OFF, "gamma_prob": 1.0, "gamma_log_range": 0.5})
+    calls = []
+
+    def rescale(x):
+        calls.append(x.shape)
+        return np.clip((x - x.min()) / (x.max() - x.min()), 0, 1)
+
+    x, y = make_batch([(image, label)], config, np.random.default_rng(0), rescale)
+    assert len(calls) == 6 and calls[0] == image.shape  # re-scaled whole image, before the crop
+    assert x.shape == (6, 1, 32, 32) and float(x.min()) >= 0 and float(x.max()) <= 1
+    bright = (x[:, 0] > 0.5).long()
+    assert (bright == y).float().mean() > 0.99  # gamma keeps the order of intensities
+
+
+def test_augment_config_from_dict_validates_and_resume_key_is_json_stable():
+    config = ToolTrainerConfig(aug={"blur_prob": 0.5, "blur_sigma": [0.5, 1.0]})
+    assert isinstance(config.aug, tt.AugmentConfig) and config.aug.blur_sigma == (0.5, 1.0)
+    with pytest.raises(ConfigError, match="unknown"):
+        ToolTrainerConfig(aug={"sharpen_prob": 0.5})
+    with pytest.raises(ConfigError, match="noise_prob"):
+        ToolTrainerConfig(aug={"noise_prob": 1.5})
+    with pytest.raises(ConfigError, match="aug_policy"):
+        ToolTrainerConfig(aug_policy="heavy")
+
+
+def test_class_balanced_crops_visit_small_classes():
+    label = np.zeros((64, 64), np.int64)
+    label[:, :48] = 1          # a large class
+    label[60:62, 60:62] = 2    # a 4-pixel class
+    image = np.zeros((1, 64, 64), np.float32)
+
+    def share(balanced: bool) -> float:
+        rng = np.random.default_rng(0)
+        return np.mean([(tt._crop(image, label, 16, rng, 1.0, balanced)[1] == 2).any() for _ in range(200)])
+
+    assert share(True) > 0.35 and share(False) < 0.1
+
+
+def test_shipped_recipes_are_versioned():
+    assert tt.SHIPPED_VERSIONS["unet-nuclei"] == "1" and tt.shipped_config("unet-nuclei", "x").aug_policy == "basic"
+    for name in ("unet-mni-tissue", "ifunet-mni-tissue", "allukan-mni-tissue", "unet-mni-lesion", "unet-ct-phantom"):
+        config = tt.shipped_config(name, "x")
+        assert config.aug_policy == "robust" and config.steps >= 800 and tt.SHIPPED_VERSIONS[name] == "2"
+    assert tt.shipped_config("unet-ct-phantom", "x").class_balanced_crops
+
+
+def test_evaluate_dice_augmented_is_seeded(tiny_dataset):
+    torch.manual_seed(0)
+    tool = build_segmenter("unet", pretrained=False, class_names=CLASSES, num_classes=2, dataset="tiny-blobs", width=2, depth=2)
+    cases = list(tiny_dataset.cases("val"))
+    a = tt.evaluate_dice_augmented(tool, cases, copies=2, seed=0)
+    b = tt.evaluate_dice_augmented(tool, cases, copies=2, seed=0)
+    assert a == b and set(a["dice"]) == {"blob"} and 0.0 <= a["mean_dice"] <= 1.0 and a["copies"] == 2
