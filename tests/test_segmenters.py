@@ -172,6 +172,11 @@ def test_shipped_checkpoint_reproduces_recorded_dice(name):
         pytest.fail(f"shipped checkpoint {name} is missing")
     problems = [p for p in verify_weights() if p.startswith(name)]
     assert not problems, problems
+    from medagent.train.tool_trainer import SHIPPED_VERSIONS
+    from medagent.weights import read_manifest
+
+    assert read_manifest()[name]["version"] == SHIPPED_VERSIONS[name]  # a re-trained recipe bumps the version
+    assert (folder / "model.safetensors").stat().st_size < 1024 * 1024
     model, dataset = name.split("-", 1)
     tool = load_tool(model, dataset=dataset)
     metrics = json.loads((folder / "metrics.json").read_text())
