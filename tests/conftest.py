@@ -30,3 +30,17 @@ def square_case():
     label = np.zeros((32, 32), np.uint8)
     label[8:20, 10:22] = 1
     return Case(image=image, label=label, spacing=(0.5, 0.5), modality="MR", class_names={0: "background", 1: "square"}, id="square")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks run faster on one torch thread, and extra threads only contend on a 2-core machine.
+
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

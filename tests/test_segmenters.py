@@ -17,13 +17,7 @@ from medagent.tools.segmenters import MODELS, SegmenterConfig, build_segmenter
 TINY = dict(width=2, depth=2, num_classes=3, class_names={0: "background", 1: "a", 2: "b"})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: extra threads only contend with other processes on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(model: str, **extra):

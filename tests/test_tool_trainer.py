@@ -19,13 +19,7 @@ from medagent.train.tool_trainer import ToolTrainerConfig, dice_ce_loss, make_ba
 CLASSES = {0: "background", 1: "blob"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: extra threads only contend with other processes on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _case(i: int) -> Case:

@@ -26,13 +26,7 @@ from medagent.tools.tta.vptta import VPTTATool
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run faster on one thread, and the machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _disc_case(rng: np.random.Generator, i: int, gain: float = 1.0, gamma: float = 1.0) -> Case:
