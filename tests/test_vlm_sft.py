@@ -21,12 +21,7 @@ from medagent.train.sft import InlineImagesCollator, SFTRunConfig, inline_images
 from medagent.trajectories import FINAL_ANSWER, GenerateConfig, export_trl, generate
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
