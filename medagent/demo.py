@@ -158,10 +158,12 @@ def _agents_section(run: Any, console: Any, quick: bool, seed: int) -> None:
     from medagent.eval.agent_eval import agents_table, evaluate_agents
 
     settings = {"dataset": "mni-lesion", "split": "test", "image_size": 256}
-    df = evaluate_agents(settings, ["expert", "oracle-box", "mean-box", "auto", "random"],
+    df = evaluate_agents(settings, ["expert", "expert-box", "oracle-box", "mean-box", "auto", "random"],
                          episodes=4 if quick else 16, seed=seed)
     df.to_parquet(run.path / "agents.parquet")
     console.print(agents_table(df, title="Agents (reads GT = oracle or expert, an upper reference, not a policy)"))
+    console.print("  expert: the trajectory generator's mix (30% of episodes start from a click only); "
+                  "expert-box: every episode starts from a box, then corrective clicks.")
 
 
 def _policy_section(run: Any, console: Any, quick: bool, seed: int) -> None:

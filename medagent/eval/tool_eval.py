@@ -175,7 +175,9 @@ def evaluate_tool(
                 done[record["case_id"]] = record
 
     description = f"eval {tool.name} on {dataset.info.name}/{split}"
-    for i in track(indices, description=description, disable=not progress, transient=True):
+    # rich's track() prints an empty line even when disabled: only wrap when a bar is wanted.
+    steps = track(indices, description=description, transient=True) if progress else indices
+    for i in steps:
         if cases.ids[i] in done:
             record = done[cases.ids[i]]
             rows += record["rows"]
