@@ -1,9 +1,10 @@
 """Benchmark of the `refine` tool: does refinement improve coarse masks, and how fast is it?
 
-    .venv/bin/python bench/bench_refine.py [--cases 12] [--quick] [--out DIR]
+    .venv/bin/python bench/bench_refine.py [--cases 12] [--quick] [--split test|val] [--out DIR]
 
-On held-out ("test" split) builtin cases, coarse masks come from seeded GT perturbations
-(refiner/perturb.py) and, where shipped, from the automatic segmenters (unet, ifunet, allukan).
+On held-out builtin cases ("test" split; "val" with --split val, for choosing between models), coarse
+masks come from seeded GT perturbations (refiner/perturb.py) and, where shipped, from the automatic
+segmenters (unet, ifunet, allukan).
 Every coarse mask is refined by, side by side on the same inputs in the same process:
     refine      the shipped diffusion refiner, T = its default steps
     full-step   the same network with 4x as many steps, batch 1
@@ -42,9 +43,10 @@ def _metrics(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     return {"bf1": one["boundary_f1"], "bf2": two["boundary_f1"], "hd95": two["hd95"], "dice": two["dice"]}
 
 
-def _inputs(name: str, cases_per_dataset: int, classes_per_case: int, seed: int, use_segmenters: bool, notes: list[str]):
-    """Yield (source, case, class, coarse) for one dataset's held-out cases."""
-    cases = load_builtin(name).cases("test")
+def _inputs(name: str, cases_per_dataset: int, classes_per_case: int, seed: int, use_segmenters: bool, notes: list[str],
+            split: str = "test"):
+    """Yield (source, case, class, coarse) for one dataset's held-out cases of `split` ("test" or "val")."""
+    cases = load_builtin(name).cases(split)
     picks = sorted(set(np.linspace(0, len(cases) - 1, num=min(cases_per_dataset, len(cases))).round().astype(int).tolist()))
     segmenters = []
     if use_segmenters:
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="4 cases per dataset, 1 class")
     parser.add_argument("--no-segmenters", action="store_true", help="perturbation coarse masks only")
     parser.add_argument("--checkpoint", default=None, help="refine checkpoint folder (default: shipped refine-tiny)")
+    parser.add_argument("--split", default="test", choices=("test", "val"),
+                        help="held-out split: 'val' for model selection, 'test' for reported numbers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write results.json into this folder")
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     calls = 0
     for name in DATASETS:
         try:
-            inputs = list(_inputs(name, args.cases, args.classes, args.seed, not args.no_segmenters, notes))
+            inputs = list(_inputs(name, args.cases, args.classes, args.seed, not args.no_segmenters, notes, args.split))
         except MedagentError as exc:
             notes.append(f"{name}: skipped ({exc})")
             continue
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         if note not in missing:
             print(f"  note: {note}")
 
-    results = {"run": {"command": "bench refine", "seed": args.seed, "argv": sys.argv[1:]},
+    results = {"run": {"command": "bench refine", "seed": args.seed, "split": args.split, "argv": sys.argv[1:]},
                "summary": summary, "fps": fps, "fps_ratio_refine_over_full": ratio,
                "refine_above_coarse": wins, "notes": notes}
     if args.out:
