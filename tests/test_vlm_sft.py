@@ -103,6 +103,8 @@ def test_template_renders_tool_calls_that_trl_and_the_env_parse(tiny_vlm):
     assert full.startswith(prompt)
     completion = full[len(prompt):]
     assert "<tool_call>" in completion and '"add_bbox"' in completion
+    # What agents write (and SFT data store) is the template's own rendering, byte for byte.
+    assert completion == format_call("add_bbox", {"bbox_2d": [1, 2, 300, 400]}) + "<|im_end|>\n"
     prefix = tok(prompt, add_special_tokens=False)["input_ids"]
 
     def parsed(text: str) -> dict:
@@ -112,7 +114,7 @@ def test_template_renders_tool_calls_that_trl_and_the_env_parse(tiny_vlm):
     # The env's parser reads the template's rendering too ...
     env_calls = parse_message(completion.replace("<|im_end|>\n", "")).calls
     assert [(c.name, c.arguments) for c in env_calls] == [("add_bbox", {"bbox_2d": [1, 2, 300, 400]})]
-    # ... and TRL parses the messages our agents and SFT data write (no newlines, several calls).
+    # ... and TRL parses messages with several calls written back to back.
     own = format_call("add_point", {"point_2d": [5, 6], "point_type": "negative"}) + format_call("stop_action")
     calls = parsed(own + "<|im_end|>")["tool_calls"]
     assert [c["function"]["name"] for c in calls] == ["add_point", "stop_action"]

@@ -211,5 +211,10 @@ def dict_action_to_call(action: Mapping[str, Any]) -> ToolCall | InvalidCall:
 
 
 def format_call(name: str, arguments: Mapping[str, Any] | None = None) -> str:
-    """The message text of one call, as a policy writes it: `<tool_call>{"name": ..., "arguments": ...}</tool_call>`."""
-    return "<tool_call>" + json.dumps({"name": name, "arguments": dict(arguments or {})}) + "</tool_call>"
+    """The message text of one call: `<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>`.
+
+    Byte for byte what the Qwen3-VL chat template (TRL's qwen3_vl.jinja, with transformers' `tojson`)
+    renders for an assistant `tool_calls` entry, so SFT data written from agents and the calls TRL
+    re-renders during GRPO read the same.
+    """
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": dict(arguments or {})}) + "\n</tool_call>"
