@@ -385,13 +385,11 @@ def _initial_tool(cfg: SamTrainerConfig) -> SamTool:
     return build(cfg.checkpoint, checkpoint_type=cfg.checkpoint_type, device=cfg.device)
 
 
-def _versions(seed: int) -> dict[str, Any]:
-    try:
-        from medagent.eval.runs import collect_versions
+def _versions(seed: int) -> dict:
+    """Package versions, git SHA and seed for versions.json (`medagent.provenance`)."""
+    from medagent.provenance import collect_versions
 
-        return collect_versions(seed)
-    except Exception:  # eval layer missing: record the essentials
-        return {"torch": torch.__version__, "numpy": np.__version__, "seed": seed}
+    return collect_versions(seed)
 
 
 def box_dice_on(tool: SamTool, cases: Sequence[Case], max_objects: int, min_area: int) -> float:

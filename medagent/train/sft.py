@@ -172,18 +172,11 @@ def _load_data(path: str, split: str, eval_split: str | None) -> tuple[Any, Any]
     return train, evaluation
 
 
-def _versions(seed: int) -> dict[str, Any]:
-    try:
-        from medagent.eval.runs import collect_versions
+def _versions(seed: int) -> dict:
+    """Package versions, git SHA and seed for versions.json (`medagent.provenance`)."""
+    from medagent.provenance import collect_versions
 
-        return collect_versions(seed)
-    except Exception:  # noqa: BLE001 - eval layer missing: record the essentials
-        import torch
-        import transformers
-        import trl
-
-        return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-                "seed": seed}
+    return collect_versions(seed)
 
 
 def _jsonable(value: Any) -> Any:

@@ -612,13 +612,9 @@ def _progress(total: int, done: int, enabled: bool, desc: str):
 
 
 def _write_versions(out: Path, seed: int) -> None:
-    try:
-        from medagent.eval.runs import collect_versions
+    from medagent.provenance import collect_versions
 
-        versions = collect_versions(seed)
-    except Exception:  # noqa: BLE001 - the run helper is optional here
-        versions = {"torch": torch.__version__, "numpy": np.__version__, "seed": seed}
-    (out / "versions.json").write_text(json.dumps(versions, indent=2, default=str) + "\n")
+    (out / "versions.json").write_text(json.dumps(collect_versions(seed), indent=2, default=str) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------
