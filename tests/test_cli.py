@@ -173,3 +173,14 @@ def test_eval_ctta_and_stream_adaptation(tmp_path):
     result = invoke("tool", "run", "mgipt", "--source", "nuclei", "--stream", str(stream), "--out", str(tmp_path / "masks"))
     assert result.exit_code == 0, result.stdout
     assert len(list((tmp_path / "masks").iterdir())) == 2
+
+
+def test_data_show_on_a_folder_and_a_file(tmp_path):
+    folder = _write_pair_folder(tmp_path / "d", n=2, volume=True)
+    for source in (folder, folder / "images" / "case0.nii.gz"):
+        out = tmp_path / f"{source.name}.png"
+        result = invoke("data", "show", str(source), "--index", "0", "--split", "all", "--out", str(out))
+        assert result.exit_code == 0, result.stdout
+        assert out.exists() and out.stat().st_size > 100
+    result = invoke("data", "show", str(tmp_path / "nowhere"))
+    assert result.exit_code == 2 and "neither a builtin dataset" in result.stdout
