@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -266,17 +265,10 @@ def refiner_loss(net: RefinerNet, batch: dict[str, torch.Tensor], cfg: RefinerTr
 
 
 def _versions(seed: int) -> dict:
-    import subprocess
+    """Package versions, git SHA and seed for versions.json (`medagent.provenance`)."""
+    from medagent.provenance import collect_versions
 
-    import medagent
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return {"medagent": medagent.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "git_sha": sha, "seed": seed}
+    return collect_versions(seed)
 
 
 def train_refiner(config: RefinerTrainerConfig | None = None) -> Path:
