@@ -20,11 +20,7 @@ import time
 
 import numpy as np
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else float(2.0 * np.logical_and(a, b).sum() / s)
+from medagent.metrics import dice
 
 
 def box_mask(shape: tuple[int, int], box: np.ndarray) -> np.ndarray:

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from medagent.data.case import Case
 from medagent.data.dataset import Dataset
 from medagent.errors import ConfigError, DataError
+from medagent.metrics import dice
 from medagent.tools.sam.model import TINY_ARCH, build_sam, decode_per_prompt
 from medagent.tools.sam.preprocess import PRESETS, box_prior_logits, image_to_rgb01
 from medagent.tools.sam.prompts import corrective_click, iter_objects, jitter_box, mask_box
@@ -397,9 +398,7 @@ def box_dice_on(tool: SamTool, cases: Sequence[Case], max_objects: int, min_area
     scores = []
     for case in cases:
         for m in iter_objects(case, min_area):
-            pred = tool.predict(case, boxes=mask_box(m)).mask > 0
-            denom = pred.sum() + m.sum()
-            scores.append(2.0 * np.logical_and(pred, m).sum() / denom if denom else 1.0)
+            scores.append(dice(tool.predict(case, boxes=mask_box(m)).mask, m))
             if len(scores) >= max_objects:
                 return float(np.mean(scores))
     return float(np.mean(scores)) if scores else float("nan")
