@@ -254,40 +254,6 @@ def test_random_and_adversarial_messages_never_crash(parts):
 _HYPOTHESIS_ENV = make_env(max_turns=4)
 
 
-# -- TRL adapter and the schema --------------------------------------------------------------------------
-def test_schema_text_matches_trl_adapter():
-    import inspect
-
-    from transformers.utils import get_json_schema
-
-    adapter = E.SegToolEnvironment(dataset=make_dataset(), tools=E.testing.fake_tools(), image_size=32, load_tools=False, min_area=9)
-    # exactly how TRL's GRPOTrainer discovers an environment's tools
-    methods = [getattr(adapter, name) for name, _ in inspect.getmembers(type(adapter), predicate=inspect.isfunction)
-               if name not in ("reset", "get_reward") and not name.startswith("_")]
-    trl_schema = [get_json_schema(m) for m in methods]
-    assert [s["function"]["name"] for s in trl_schema] == sorted(E.TOOL_NAMES)
-    env = make_env()
-    assert env.tool_schema() == trl_schema
-    assert env.tool_schema_text() == "\n".join(json.dumps(s, ensure_ascii=False) for s in trl_schema)
-    names = {s["function"]["name"]: s["function"] for s in trl_schema}
-    assert names["add_point"]["parameters"]["properties"]["point_type"]["enum"] == ["positive", "negative"]
-    assert names["auto_segment"]["parameters"]["required"] == ["model"]
-
-
-def test_trl_adapter_episode():
-    adapter = E.SegToolEnvironment(dataset=make_dataset(), tools=E.testing.fake_tools(), image_size=32, load_tools=False, min_area=9)
-    first = adapter.reset(prompt=[{"role": "user", "content": "x"}], seed=0, case_index=0, target_index=2)
-    assert first[0]["type"] == "image" and first[0]["image"].size == (32, 32) and first[1]["text"] == "Segment the square."
-    env = adapter._env
-    out = adapter.add_bbox(bbox_2d=json.loads(box_message(env)[len("<tool_call>"):-len("</tool_call>")])["arguments"]["bbox_2d"])
-    assert out[0]["type"] == "image" and "mask now covers" in out[1]["text"]
-    bad = adapter.add_point(point_2d=[5000, 1], point_type="positive")
-    assert "0-999" in bad[1]["text"]
-    adapter.stop_action()
-    assert adapter.get_reward() == pytest.approx(env.episode.score)
-    assert adapter.get_reward() == pytest.approx(0.2 * 0.5 + 0.8 * (1.0 - 0.02 + 0.0))  # 1 invalid call, T = 2
-
-
 def test_cps_references_share_the_target_grid():
     """References of another shape are never handed to few-shot tools."""
     import numpy as np

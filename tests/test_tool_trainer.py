@@ -112,6 +112,41 @@ def test_bad_trainer_configs():
         ToolTrainerConfig(steps=0)
 
 
+def test_dataset_seeds_concatenate_train_splits_and_keep_val_on_dataset_seed(tmp_path, tiny_dataset, monkeypatch):
+    import medagent.data.builtin as builtin
+
+    def fake_load_builtin(name, seed=0):  # a seeded "builtin": each seed shifts the case ids and images
+        cases = [_case(10 * seed + i) for i in range(2)]
+        for c in cases:
+            c.id = f"s{seed}_{c.id}"
+        val = [_case(1000 + seed)]
+        val[0].id = f"val_s{seed}"
+        return Dataset(tiny_dataset.info, {"train": CaseList.from_cases(cases), "val": CaseList.from_cases(val)})
+
+    monkeypatch.setattr(builtin, "load_builtin", fake_load_builtin)
+    config = _config(tmp_path, dataset="fake", dataset_seeds=[2, 0, 5], steps=4, val_every=4)
+    assert config.dataset_seeds == (2, 0, 5)  # lists (JSON) become tuples
+    cases = tt.training_cases(config, fake_load_builtin("fake", seed=config.dataset_seed))
+    assert [c.id for c in cases] == ["s2_c20", "s2_c21", "s0_c0", "s0_c1", "s5_c50", "s5_c51"]
+    assert [c.id for c in tt.training_cases(_config(tmp_path, dataset="fake"), fake_load_builtin("fake", seed=1))] == ["s1_c10", "s1_c11"]
+    seen = []
+    real_as_2d = tt._as_2d
+    monkeypatch.setattr(tt, "_as_2d", lambda cs: seen.append([c.id for c in cs]) or real_as_2d(cs))
+    train_tool(config)
+    assert ["val_s0"] in seen and not any("val_s2" in ids or "val_s5" in ids for ids in seen)  # val: dataset_seed only
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["dataset_seeds"] == [2, 0, 5]
+    with pytest.raises(ConfigError, match="'dataset_seeds'"):  # resume refuses other training data
+        train_tool(_config(tmp_path, dataset="fake", dataset_seeds=[2, 0], steps=4, val_every=4))
+    with pytest.raises(ConfigError, match="dataset="):
+        train_tool(_config(tmp_path / "x", dataset_seeds=[0, 1]), dataset=tiny_dataset)
+    for bad in ([0, 0], [-1], [1.5], 3):
+        with pytest.raises(ConfigError, match="dataset_seeds"):
+            ToolTrainerConfig(dataset_seeds=bad)
+    with pytest.raises(ConfigError, match="dataset_seeds"):
+        ToolTrainerConfig(dataset_seeds=(0, 1), data_dir=str(tmp_path))
+
+
 def test_augmentation_keeps_labels_aligned_and_range():
     rng = np.random.default_rng(0)
     image = np.zeros((1, 16, 16), np.float32)

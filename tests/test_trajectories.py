@@ -58,11 +58,16 @@ def test_export_trl_messages_and_show(tmp_path):
     example = (data["train"] if len(data["train"]) else data["val"])[0]
     roles = [m["role"] for m in example["messages"]]
     assert roles[:3] == ["system", "user", "assistant"] and roles[-1] == "assistant"
-    assert '"name": "add_bbox"' in example["messages"][0]["content"][0]["text"]  # the schema is in the system prompt
+    assert "add_bbox" not in example["messages"][0]["content"][0]["text"]  # the schema goes through tools=, not here
     assert example["messages"][-1]["content"][0]["text"] == FINAL_ANSWER
     n_placeholders = sum(c["type"] == "image" for m in example["messages"] for c in m["content"])
     assert n_placeholders == len(example["images"]) >= 1
-    assert all("<tool_call>" in m["content"][0]["text"] for m in example["messages"][2:-1] if m["role"] == "assistant")
+    middle = example["messages"][2:-1]
+    calls = [c for m in middle if m["role"] == "assistant" for c in m["tool_calls"]]
+    tools = [m for m in middle if m["role"] == "tool"]
+    assert len(calls) == len(tools) >= 1  # one tool message per call
+    assert [c["function"]["name"] for c in calls] == [m["name"] for m in tools]
+    assert all(isinstance(json.loads(c["function"]["arguments"]), dict) for c in calls)
     assert is_val_subject("subj0", 0.0) is False
 
     files = show(src, 0, tmp_path / "frames")

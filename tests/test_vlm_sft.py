@@ -12,12 +12,12 @@ import torch
 from medagent.agents import run_episode
 from medagent.agents.vlm import (
     TinyVLMConfig, VLMPolicyAgent, build_tiny_vlm, corpus_texts, load_vlm, qwen3_vl_chat_template, save_tiny_vlm,
-    tool_answer, train_tokenizer,
+    train_tokenizer,
 )
 from medagent.envs import format_call, parse_message, tool_schema
 from medagent.envs.testing import make_env
 from medagent.errors import CheckpointError, ConfigError, DataError
-from medagent.train.sft import InlineImagesCollator, SFTRunConfig, inline_images, run_sft
+from medagent.train.sft import SFTRunConfig, inline_images, make_collator, run_sft
 from medagent.trajectories import FINAL_ANSWER, GenerateConfig, export_trl, generate
 
 
@@ -62,6 +62,8 @@ def test_build_is_seeded_and_reloads_offline(tiny_vlm):
     ids = tok(message, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == message
     assert tok.convert_ids_to_tokens(ids)[0] == "<tool_call>"  # one token, kept when decoding
+    pieces = tok.convert_ids_to_tokens(ids)
+    assert all(str(v) in pieces for v in (10, 20, 300, 999))  # every coordinate is one token
     assert model.config.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")
     with pytest.raises(CheckpointError, match="config.json"):
         load_vlm(tiny_vlm / "missing")
@@ -71,7 +73,7 @@ def test_tokenizer_is_trained_on_medagent_text():
     texts = corpus_texts(seed=0)
     assert any("add_bbox" in t for t in texts) and any(t.startswith("Segment the") for t in texts)
     tok = train_tokenizer(texts, vocab_size=600)
-    assert len(tok) <= 600 + 16
+    assert len(tok) <= 600 + 16 + 1000  # + one token per integer 0-999
     # Merges learnt from the schema: a tool name is a handful of tokens, not one per byte.
     assert len(tok.tokenize("stop_action")) < len("stop_action") // 2
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
@@ -144,21 +146,30 @@ def test_inline_images_fills_tool_turns_and_checks_counts(sft_data):
 
 def test_collator_sends_every_image_and_masks_all_but_assistant_turns(sft_data, tiny_vlm):
     import datasets
-    from trl.chat_template_utils import get_training_chat_template
-    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from medagent.envs.conversation import render_calls
 
     _, processor = load_vlm(tiny_vlm)
     rows = datasets.load_from_disk(str(sft_data))["train"]
     examples = [rows[0], rows[1]]
-    collator = InlineImagesCollator(DataCollatorForVisionLanguageModeling(
-        processor, assistant_only_loss=True, chat_template=get_training_chat_template(processor)))
+    collator = make_collator(processor, SFTRunConfig(data="x"))
     batch = collator(examples)
     assert batch["image_grid_thw"].shape[0] == sum(len(e["images"]) for e in examples)
     tok = processor.tokenizer
     trained = tok.decode(batch["input_ids"][0][batch["labels"][0] != -100])
-    assistant = [m["content"][0]["text"] for m in examples[0]["messages"] if m["role"] == "assistant"]
+    assistant = []
+    for m in inline_images(examples[0])["messages"]:
+        if m["role"] == "assistant":
+            text = "".join(b["text"] for b in m["content"])
+            calls = [{"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
+                     for c in m.get("tool_calls") or []]
+            assistant.append(render_calls(text, calls) if calls else text)
     assert trained == "".join(f"{text}<|im_end|>\n" for text in assistant)
     assert assistant[-1] == FINAL_ANSWER and "Segment the" not in trained and "<tool_response>" not in trained
+    # The schema reaches the model through the template's tools block, not through the system text.
+    full = tok.decode(batch["input_ids"][0])
+    assert "<tools>" in full and '"add_bbox"' in full
+    assert "<tools>" not in examples[0]["messages"][0]["content"][0]["text"]
 
 
 def test_sft_runs_three_steps_and_the_policy_plays(sft_data, tmp_path):
@@ -226,8 +237,8 @@ def test_agent_builds_the_sft_conversation_and_never_crashes_the_env(tiny_vlm):
     assert len(result.steps) >= 2 and result.steps[0].action == box
     messages = agent.prompts[1]  # what the model saw when it generated its first own message
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool"]
-    assert messages[0]["content"][0]["text"] == agent.system
-    assert messages[2]["content"][0]["text"] == box
+    assert messages[0]["content"][0]["text"] == agent.renderer.system
+    assert messages[2]["tool_calls"][0]["function"] == {"name": "add_bbox", "arguments": {"bbox_2d": [0, 0, 999, 999]}}
     tool_blocks = messages[3]["content"]
     assert tool_blocks[0]["type"] == "image" and tool_blocks[1]["text"].startswith("The mask now covers")
     assert np.array_equal(np.asarray(tool_blocks[0]["image"]), result.steps[1].observation["image"])
@@ -236,13 +247,3 @@ def test_agent_builds_the_sft_conversation_and_never_crashes_the_env(tiny_vlm):
         sampled = VLMPolicyAgent(model, processor, max_new_tokens=32, do_sample=True, temperature=1.5)
         out = run_episode(env, sampled, seed=seed)
         assert out.steps and all(env.observation_space.contains(s.observation) for s in out.steps)
-
-
-def test_tool_answer_reads_the_last_calls_from_history():
-    history = "Turn 1: add_bbox([1, 2, 3, 4]) -> The mask now covers 3.0% of the image.\n" \
-              "Turn 2: undo() -> Back to the previous mask (nothing (empty mask)).\n" \
-              "Turn 3: refine() -> refine error: there is no mask to refine yet"
-    assert tool_answer(history, 1) == "refine error: there is no mask to refine yet"
-    assert tool_answer(history, 2).splitlines() == ["Back to the previous mask (nothing (empty mask)).",
-                                                    "refine error: there is no mask to refine yet"]
-    assert tool_answer(history, 0) == ""

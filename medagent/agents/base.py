@@ -45,6 +45,8 @@ class Step:
     terminated: bool
     truncated: bool
     info: dict[str, Any]
+    #: One `medagent.envs.ToolTurn` per call the message ran (its answer and the image after it).
+    tool_turns: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -92,7 +94,8 @@ def run_episode(env: Any, agent: Agent, seed: int | None = None, options: dict[s
     for _ in range(max_steps):
         action = agent.act(obs, env)
         next_obs, reward, terminated, truncated, info = env.step(action)
-        result.steps.append(Step(obs, action, float(reward), bool(terminated), bool(truncated), info))
+        turns = list(getattr(env.unwrapped, "tool_turns", []))
+        result.steps.append(Step(obs, action, float(reward), bool(terminated), bool(truncated), info, turns))
         obs = next_obs
         if terminated or truncated:
             break

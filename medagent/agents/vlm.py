@@ -1,8 +1,9 @@
 """A tiny offline Qwen3-VL policy: model, processor and the agent that plays InteractiveSegEnv with it.
 
 Everything is built on this machine with no download:
-- a byte-level BPE tokenizer trained here (`tokenizers`) on text medagent itself produces (the system prompt
-  with the tool schema, instructions, tool calls in the 0-999 frame, tool answers), with Qwen's control tokens;
+- a byte-level BPE tokenizer trained here (`tokenizers`) on text medagent itself produces (the system prompt,
+  the tool schema, instructions, tool calls in the 0-999 frame, tool answers), with Qwen's control tokens and
+  every integer 0-999 as one token;
 - `Qwen2VLImageProcessor` (patch 16, merge 2: what Qwen3-VL uses) and `Qwen3VLProcessor`;
 - the chat template: TRL's `qwen3_vl.jinja`, read at runtime from the installed `trl` package, byte for byte.
   TRL recognises templates by exact string, so only this text gets assistant-only loss (its training variant
@@ -14,9 +15,8 @@ Everything is built on this machine with no download:
     agent = VLMPolicyAgent(path)                   # or VLMPolicyAgent(model, processor)
     result = run_episode(env, agent, seed=0)        # its text goes through the env's one parser
 
-The agent rebuilds the conversation the SFT export writes (`medagent.trajectories.export`): system prompt,
-user turn (first image + instruction), then per step its own message and a tool turn (the next image + what
-the calls did), so a policy sees at inference exactly the layout it was fine-tuned on.
+The agent builds its conversation with the one renderer (`medagent.envs.conversation`) that the SFT export
+and GRPO use, so a policy sees at inference exactly the token ids it was trained on (a test holds them equal).
 """
 
 from __future__ import annotations
@@ -24,12 +24,10 @@ from __future__ import annotations
 import importlib.resources
 import json
 import random
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 
 from medagent.agents.base import Agent
 from medagent.errors import CheckpointError, ConfigError
@@ -42,6 +40,9 @@ SPECIAL_TOKENS = (
 #: Tags the Qwen3 templates and TRL's response parser read; added as whole tokens but not special, so a
 #: decoded generation keeps them (the env parses `<tool_call>` blocks from the text).
 TAG_TOKENS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>")
+
+#: Every integer of the 0-999 frame as one token (added tokens match longest-first: "539" is one token).
+NUMBER_TOKENS = tuple(str(i) for i in range(1000))
 
 #: Name of the file, inside a saved model folder, that records how the tiny model was built.
 BUILD_FILE = "medagent_vlm.json"
@@ -122,12 +123,10 @@ def corpus_texts(seed: int = 0, n_calls: int = 400, extra: Iterable[str] = ()) -
         n_calls: number of random tool calls.
         extra: more texts (e.g. instructions and actions from a trajectory folder).
     """
-    from medagent.envs import AUTO_MODELS, POINT_TYPES, format_call
-    # The system prompt lives with the SFT export so that SFT data and this policy share it byte for byte.
-    from medagent.envs.prompts import FINAL_ANSWER, system_prompt
+    from medagent.envs import AUTO_MODELS, FINAL_ANSWER, POINT_TYPES, SYSTEM_PROMPT, format_call, tool_schema
 
     rng = random.Random(seed)
-    texts = [system_prompt(), FINAL_ANSWER]
+    texts = [SYSTEM_PROMPT, FINAL_ANSWER, *(json.dumps(t) for t in tool_schema())]
     names = ("lesion", "white matter", "grey matter", "brain", "nucleus", "nuclei", "syringe", "phantom",
              "ellipse", "square", "disk", "skull", "ventricle", "tumour", "organ", "cell", "vessel")
     for name in names:
@@ -149,7 +148,8 @@ def corpus_texts(seed: int = 0, n_calls: int = 400, extra: Iterable[str] = ()) -
                                format_call("refine"), format_call("undo"),
                                format_call("auto_segment", {"model": rng.choice(list(AUTO_MODELS))})])
         texts.append(call)
-        texts.append(f"<tool_response>\nThe mask now covers {rng.uniform(0, 60):.1f}% of the image.\n</tool_response>")
+        texts.append(f"<tool_response>\nThe mask now covers {rng.uniform(0, 60):.1f}% of the image in 2 regions, nearest "
+                     "the top-left first: [1, 2, 3, 4] 0.5%; [5, 6, 7, 8] 0.1%.\n</tool_response>")
     texts += [
         "Segmentation finished.", "Back to the previous mask (nothing (empty mask)).", "undo error: nothing to undo",
         "refine error: there is no mask to refine yet", "(no parseable <tool_call>: episode over)",
@@ -165,7 +165,9 @@ def corpus_texts(seed: int = 0, n_calls: int = 400, extra: Iterable[str] = ()) -
 def train_tokenizer(texts: Sequence[str], vocab_size: int = 1024) -> Any:
     """A byte-level BPE tokenizer trained on `texts`, wrapped for transformers (`PreTrainedTokenizerFast`).
 
-    Qwen's control tokens are special tokens; the `<tool_call>`-style tags are whole, non-special tokens.
+    Qwen's control tokens are special tokens; the `<tool_call>`-style tags are whole, non-special tokens, and
+    so is every integer 0-999 (`NUMBER_TOKENS`): a coordinate of the 0-999 frame is always exactly one token
+    ("539" never splits into "53" + "9"), which a small policy needs to copy boxes from tool answers.
     eos = `<|im_end|>` (ends an assistant turn), pad = `<|endoftext|>`, no BOS (like Qwen).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -179,7 +181,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 1024) -> Any:
     tok.train_from_iterator(list(texts), trainer=trainer)
     wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                       additional_special_tokens=list(SPECIAL_TOKENS[1:]))
-    wrapped.add_tokens(list(TAG_TOKENS), special_tokens=False)
+    wrapped.add_tokens(list(TAG_TOKENS) + list(NUMBER_TOKENS), special_tokens=False)
     wrapped.model_max_length = 32768
     return wrapped
 
@@ -292,40 +294,17 @@ def load_vlm(path: str | Path, device: str | None = None) -> tuple[Any, Any]:
 
 # --------------------------------------------------------------------------------------------- the agent
 
-_TURN_LINE = re.compile(r"^Turn \d+: .*? -> (.*)$")
-
-
-def _pil(image: Any) -> Any:
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
-
-
-def _text(text: str) -> dict[str, Any]:
-    return {"type": "text", "text": text}
-
-
-def tool_answer(history: str, n_calls: int) -> str:
-    """What the last `n_calls` calls did, from an observation's `history` (lines "Turn k: call -> answer"):
-    the answers joined by newlines, as the SFT export writes a tool turn."""
-    lines = [line for line in str(history).splitlines() if line.strip()][-n_calls:] if n_calls > 0 else []
-    answers = []
-    for line in lines:
-        match = _TURN_LINE.match(line)
-        answers.append(match.group(1) if match else line)
-    return "\n".join(answers)
-
 
 class VLMPolicyAgent(Agent):
-    """Plays InteractiveSegEnv with a vision-language model: renders the observation as chat messages (the SFT
-    export's layout), generates, and returns the decoded text as the action. The env's parser judges it.
+    """Plays InteractiveSegEnv with a vision-language model: the conversation is built by the one renderer
+    (`medagent.envs.conversation.ConversationRenderer`, the same as SFT data and GRPO rollouts), the model
+    generates, and the decoded text is the action. The env's parser judges it.
 
     Args:
-        model: a Qwen3-VL-style model, or a folder saved by `save_vlm` / `run_sft` (then `processor` is loaded).
+        model: a Qwen3-VL-style model, or a folder saved by `save_vlm` / `run_sft` / `run_grpo` (then `processor`
+            is loaded).
         processor: its processor (chat template, tokenizer, image processor).
-        system: system prompt; default `medagent.envs.prompts.system_prompt()` (what SFT data uses).
+        system: system prompt; default `medagent.envs.SYSTEM_PROMPT` (what SFT data and GRPO prompts use).
         max_new_tokens: generation budget per turn, tokens.
         do_sample / temperature / top_p: sampling; greedy by default (then `reset`'s seed does not matter).
         device: torch device for the model (None keeps it where it is).
@@ -337,6 +316,8 @@ class VLMPolicyAgent(Agent):
     def __init__(self, model: Any, processor: Any = None, *, system: str | None = None, max_new_tokens: int = 64,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                  device: str | None = None) -> None:
+        from medagent.envs.conversation import ConversationRenderer
+
         if isinstance(model, (str, Path)):
             model, loaded = load_vlm(model, device=device)
             processor = processor or loaded
@@ -347,61 +328,98 @@ class VLMPolicyAgent(Agent):
         if max_new_tokens < 1:
             raise ConfigError(f"VLMPolicyAgent.max_new_tokens must be >= 1, got {max_new_tokens}")
         self.model, self.processor = model, processor
-        if system is None:
-            from medagent.envs.prompts import system_prompt
-
-            system = system_prompt()
-        self.system = system
+        self.renderer = ConversationRenderer(system)
         self.max_new_tokens = int(max_new_tokens)
         self.do_sample, self.temperature, self.top_p = bool(do_sample), float(temperature), float(top_p)
         self.messages: list[dict[str, Any]] = []
         self._last_action: str | None = None
-        self._last_turn = 0
         self._seed: int | None = None
 
     def reset(self, env: Any, seed: int | None = None) -> None:
-        self.messages, self._last_action, self._last_turn, self._seed = [], None, 0, seed
+        self.messages, self._last_action, self._seed = [], None, seed
 
-    def observe(self, observation: dict[str, Any]) -> list[dict[str, Any]]:
-        """Extend the conversation with `observation` and return it (content blocks carry PIL images).
+    def observe(self, observation: dict[str, Any], env: Any) -> list[dict[str, Any]]:
+        """Extend the conversation with what happened since the last call and return it (PIL images inline).
 
-        First call: system + user (image, instruction). Later calls: the agent's previous message as an
-        assistant turn, then a tool turn with the new image and what the calls did.
+        First call: system + user (image, instruction). Later calls: the agent's previous message and one tool
+        message per call it ran (`env.unwrapped.tool_turns`: each call's answer and the image after it).
         """
-        turn = int(observation.get("turn", 0))
         if not self.messages:
-            self.messages = [
-                {"role": "system", "content": [_text(self.system)]},
-                {"role": "user", "content": [{"type": "image", "image": _pil(observation["image"])},
-                                             _text(str(observation.get("instruction", "")))]},
-            ]
+            self.messages = self.renderer.start(observation["image"], str(observation.get("instruction", "")))
         elif self._last_action is not None:
-            self.messages.append({"role": "assistant", "content": [_text(self._last_action)]})
-            answer = tool_answer(observation.get("history", ""), turn - self._last_turn)
-            self.messages.append({"role": "tool", "content": [{"type": "image", "image": _pil(observation["image"])},
-                                                              _text(answer)]})
-        self._last_turn = turn
+            self.messages += self.renderer.step_messages(self._last_action, env.unwrapped.tool_turns)
+            self._last_action = None
         return self.messages
 
     def generate(self, messages: list[dict[str, Any]]) -> str:
         """Generate the assistant's next message for `messages`; returns the decoded text (special tokens dropped)."""
+        return self.generate_batch([messages])[0]
+
+    def generate_batch(self, conversations: list[list[dict[str, Any]]], seed: int | None = None) -> list[str]:
+        """Generate the next message of several conversations in one batched `generate` (left padding)."""
         import torch
 
-        inputs = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                    return_dict=True, return_tensors="pt")
+        tok = self.processor.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            inputs = self.renderer.render(self.processor, conversations, add_generation_prompt=True, return_tensors="pt",
+                                          padding=len(conversations) > 1)
+        finally:
+            tok.padding_side = side
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
+        seed = self._seed if seed is None else seed
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            if self.do_sample and self._seed is not None:
-                torch.manual_seed(self._seed + len(self.messages))
+            if self.do_sample and seed is not None:
+                torch.manual_seed(seed + sum(len(c) for c in conversations))
             out = self.model.generate(**inputs, **kwargs)
-        new_tokens = out[0, inputs["input_ids"].shape[1]:]
-        return self.processor.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        new_tokens = out[:, inputs["input_ids"].shape[1]:]
+        return [tok.decode(row, skip_special_tokens=True) for row in new_tokens]
 
     def act(self, observation: dict[str, Any], env: Any) -> str:
-        action = self.generate(self.observe(observation))
+        action = self.generate(self.observe(observation, env))
         self._last_action = action
         return action
+
+
+def play_batched(envs: Sequence[Any], agent: VLMPolicyAgent, seeds: Sequence[int],
+                 options: Sequence[dict[str, Any] | None] | None = None, max_steps: int = 64) -> list[Any]:
+    """Play one episode in each of `envs` at once: every turn, the conversations of the episodes still going
+    are generated in one batch. Returns one `EpisodeResult` per env (the same fields as `run_episode`).
+
+    Each env needs its own agent state, so the agent is used only for its model and renderer here.
+    """
+    from medagent.agents.base import EpisodeResult, Step
+
+    if len(envs) != len(seeds):
+        raise ConfigError(f"play_batched got {len(envs)} envs and {len(seeds)} seeds")
+    options = list(options) if options is not None else [None] * len(envs)
+    results, observations, conversations = [], [], []
+    for env, seed, option in zip(envs, seeds, options):
+        obs, info = env.reset(seed=int(seed), options=option)
+        results.append(EpisodeResult(reset_info=info))
+        observations.append(obs)
+        conversations.append(agent.renderer.start(obs["image"], str(obs.get("instruction", ""))))
+    live = list(range(len(envs)))
+    for _ in range(max_steps):
+        if not live:
+            break
+        actions = agent.generate_batch([conversations[i] for i in live], seed=int(seeds[live[0]]))
+        still = []
+        for i, action in zip(live, actions):
+            env = envs[i]
+            obs, reward, terminated, truncated, info = env.step(action)
+            results[i].steps.append(Step(observations[i], action, float(reward), bool(terminated), bool(truncated), info,
+                                         list(env.unwrapped.tool_turns)))
+            observations[i] = obs
+            conversations[i] = conversations[i] + agent.renderer.step_messages(action, env.unwrapped.tool_turns)
+            if not (terminated or truncated):
+                still.append(i)
+        live = still
+    for i, result in enumerate(results):
+        result.final_observation = observations[i]
+    return results

@@ -33,6 +33,9 @@ class EnvConfig:
         refine_tool / cps_tool / adapt_tool: registry names behind refine, cps and adapt.
         n_references: reference exemplars (train-split cases with the target class) given to cps.
         load_tools: build tools missing from `tools=` with `medagent.tools.load_tool`.
+        max_regions: a tool's answer lists the boxes (0-999 frame) and areas of up to this many regions of the
+            new mask, nearest the top-left first (`medagent.envs.regions`); 0 turns the list off.
+        region_min_area: regions smaller than this many pixels are not listed.
     """
 
     dataset: str = "mni-tissue"
@@ -56,6 +59,8 @@ class EnvConfig:
     adapt_tool: str = "mgipt"
     n_references: int = 1
     load_tools: bool = True
+    max_regions: int = 3
+    region_min_area: int = 8
 
     def __post_init__(self) -> None:
         if isinstance(self.reward, dict):

@@ -1,6 +1,6 @@
 """`InteractiveSegEnv`: segment one target in one image by calling tools over several turns.
 
-    import gymnasium as gym, medagent.envs
+    import gymnasium as gym, medagent
     env = gym.make("medagent/InteractiveSeg-v0", dataset="phantom", image_size=256)
     obs, info = env.reset(seed=0)
     obs, reward, terminated, truncated, info = env.step(
@@ -10,7 +10,9 @@ Observation: Dict(image uint8 (S, S, 3): the image at the policy's size with the
 green at alpha 0.5 (the raw image before any mask); instruction; history (every call so far and what it
 did, newest last, truncated from the front); turn). Action: the policy's message text (Text space,
 printable charset). `DictActionSegEnv` takes structured actions through the same parser core.
-Transitions live in `medagent.envs.episode.Episode` (shared with the TRL adapter).
+Transitions live in `medagent.envs.episode.Episode`; the TRL adapter drives this env's `step`, so every path
+has the same transitions. After each step `env.tool_turns` holds one `ToolTurn` per call it ran (the call's
+answer and the image after it), which `medagent.envs.conversation` turns into tool messages.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from medagent.data.case import Case
 from medagent.data.dataset import Dataset
 from medagent.data.intensity import to_display_rgb
 from medagent.envs.config import EnvConfig
+from medagent.envs.conversation import ToolTurn, tool_turn
 from medagent.envs.episode import CallResult, Episode
-from medagent.envs.parsing import AUTO_MODELS, POINT_TYPES, TOOL_NAMES, dict_action_to_call
+from medagent.envs.parsing import dict_action_to_call
+from medagent.envs.tool_specs import AUTO_MODELS, POINT_TYPES, TOOL_NAMES
 from medagent.envs.provider import ToolProvider
 from medagent.envs.render import CHARSET, draw_prompts, overlay, resize_mask, resize_rgb, sanitize_text
 from medagent.envs.targets import Target, list_targets
@@ -91,6 +95,7 @@ class InteractiveSegEnv(gym.Env):
         })
         self.action_space = self._make_action_space()
         self.episode: Episode | None = None
+        self.tool_turns: list[ToolTurn] = []
         self._base_image: np.ndarray | None = None
         self._case_index = -1
         self._first_seed = self.config.seed
@@ -113,6 +118,7 @@ class InteractiveSegEnv(gym.Env):
         options = dict(options or {})
         case, target, index = self._draw(options)
         self._case_index = index
+        self.tool_turns = []
         self.episode = Episode(case, target, self.provider, self.config, references=lambda: self._references(case, target))
         self._base_image = resize_rgb(to_display_rgb(case.image, case.modality), self.config.image_size)
         return self._observation(), self._info([])
@@ -121,13 +127,21 @@ class InteractiveSegEnv(gym.Env):
         if self.episode is None:
             raise gym.error.ResetNeeded("call reset() before step()")
         if self.episode.done:
+            self.tool_turns = []
             return self._observation(), 0.0, self.episode.terminated, self.episode.truncated, self._info([])
+        self.tool_turns = []
         results, reward = self._run(action)
         ep = self.episode
         return self._observation(), float(reward), ep.terminated, ep.truncated, self._info(results)
 
     def _run(self, action: Any) -> tuple[list[CallResult], float]:
-        return self.episode.run_message(action)
+        return self.episode.run_message(action, after_call=self._record_turn)
+
+    def _record_turn(self, result: CallResult) -> None:
+        """The `ToolTurn` of one call: its answer and the image after it (text only once the episode is over)."""
+        ep = self.episode
+        image = None if ep.done else self._observation()["image"]
+        self.tool_turns.append(tool_turn(getattr(result.call, "name", "") or "tool", result.text, image, ep.done, result.outcome))
 
     def render(self) -> np.ndarray | None:
         """The current overlay at the policy's size with the box (yellow) and clicks (blue +, red -) drawn."""
@@ -141,16 +155,10 @@ class InteractiveSegEnv(gym.Env):
 
     # -- helpers --------------------------------------------------------------------------------------
     def tool_schema(self) -> list[dict[str, Any]]:
-        """The tool schema (JSON-schema dicts), generated from the TRL adapter's method signatures."""
-        from medagent.envs.trl_adapter import tool_schema
+        """The tool schema (JSON-schema dicts from `medagent.envs.tool_specs`), as given to the chat template."""
+        from medagent.envs.tool_specs import tool_schema
 
         return tool_schema()
-
-    def tool_schema_text(self) -> str:
-        """The schema as the text put into prompts: one JSON object per line."""
-        from medagent.envs.trl_adapter import tool_schema_text
-
-        return tool_schema_text()
 
     def _draw(self, options: dict[str, Any]) -> tuple[Case, Target, int]:
         n = len(self.cases)
@@ -266,4 +274,5 @@ class DictActionSegEnv(InteractiveSegEnv):
     def _run(self, action: Any) -> tuple[list[CallResult], float]:
         call = dict_action_to_call(action) if isinstance(action, Mapping) else dict_action_to_call({})
         result = self.episode.run_call(call)
+        self._record_turn(result)
         return [result], result.reward

@@ -4,13 +4,19 @@
 its tool, the tool's mask becomes the current mask, the trace grows by one `CallRecord` and the step reward is
 the difference of potentials (`medagent.rewards`). Bad calls and tool failures never raise: they give an
 error text and an "invalid" / "failed" record.
+
+Tool state: a stateful tool (`tool.stateful`, e.g. MGIPT and the other test-time adapters) is private to
+each episode: its first call in an episode starts from `tool.reset()`, later calls continue from the state
+this episode left it in, and a fork (`Episode.fork`) carries its own copy. So every episode starts every tool
+from the same state, forks never change what the real episode sees, and episodes played interleaved (TRL
+runs a group of rollouts in lockstep over one shared tool) cannot leak into each other.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -20,6 +26,7 @@ from medagent.envs.config import EnvConfig
 from medagent.envs.coords import convert_coords
 from medagent.envs.parsing import InvalidCall, ToolCall, parse_message
 from medagent.envs.provider import ToolProvider
+from medagent.envs.regions import describe_regions
 from medagent.envs.session import PromptSession
 from medagent.envs.targets import Target
 from medagent.rewards import CallRecord, EpisodeTrace, PotentialReward, reward_terms
@@ -79,6 +86,8 @@ class Episode:
         self.truncated = False
         self.iou = 0.0
         self.dice = 0.0
+        self.is_fork = False
+        self.tool_states: dict[int, Any] = {}  # id(stateful tool) -> its state in this episode
 
     # -- public ---------------------------------------------------------------------------------
     @property
@@ -97,11 +106,12 @@ class Episode:
     def terms(self) -> dict[str, float]:
         return reward_terms(self.trace, self.config.reward)
 
-    def run_message(self, text: Any) -> tuple[list[CallResult], float]:
+    def run_message(self, text: Any, after_call: Optional[Callable[[CallResult], None]] = None) -> tuple[list[CallResult], float]:
         """Run every call of a policy message in order; returns the results and the summed reward.
 
         A message with no parseable call ends the episode with format 0. Calls after the episode ends
-        (stop_action, max turns, too many errors in a row) are dropped.
+        (stop_action, max turns, too many errors in a row) are dropped. `after_call(result)` runs after each
+        call (the env renders the image the policy sees after that call).
         """
         if self.done:
             return [], 0.0
@@ -117,6 +127,8 @@ class Episode:
             if self.done:
                 break
             results.append(self.run_call(call))
+            if after_call is not None:
+                after_call(results[-1])
         return results, float(sum(r.reward for r in results))
 
     def run_call(self, call: ToolCall | InvalidCall) -> CallResult:
@@ -158,6 +170,8 @@ class Episode:
         other.shaper = PotentialReward(self.config.reward)
         other.shaper.potential, other.shaper.total = self.shaper.potential, self.shaper.total
         other.history = list(self.history)
+        other.is_fork = True
+        other.tool_states = dict(self.tool_states)
         return other
 
     def prompts(self) -> tuple[list[int] | None, list[list[int]], list[int]]:
@@ -193,26 +207,40 @@ class Episode:
         snapshot = (self.mask.copy(), None if self.session is None else self.session.state.copy())
         if name == "auto_segment":
             tool = self.provider.get(args["model"], automatic=True)
-            mask = self._class_mask(tool, tool.predict(self.case), args["model"])
+            mask = self._class_mask(tool, self._predict(tool), args["model"])
         elif name == "adapt":
             tool = self.provider.get(self.config.adapt_tool, automatic=True)
-            mask = self._class_mask(tool, tool.predict(self.case), "adapt")
+            mask = self._class_mask(tool, self._predict(tool), "adapt")
         elif name == "refine":
             if not self.mask.any():
                 return "failed", "refine error: there is no mask to refine yet"
             tool = self.provider.get(self.config.refine_tool)
-            mask = self._binary(tool.predict(self.case, mask=self.mask.astype(np.uint8)))
+            mask = self._binary(self._predict(tool, mask=self.mask.astype(np.uint8)))
         elif name == "cps":
             tool = self.provider.get(self.config.cps_tool)
             refs = self._references() if self._references is not None else []
             if not refs:
                 return "failed", "cps error: no reference exemplar of this class in the training split"
-            mask = self._binary(tool.predict(self.case, references=refs))
+            mask = self._binary(self._predict(tool, references=refs))
         else:  # validate_call only lets schema names through
             return "failed", f"{name} error: not implemented"
         if self.session is not None:
             self.session.set_mask(mask)
         return self._accept(snapshot, mask, call)
+
+    def _predict(self, tool: Any, **inputs: Any) -> Prediction:
+        """`tool.predict(case)`, with a stateful tool put in this episode's own state first (module docstring)."""
+        if not getattr(tool, "stateful", False):
+            return tool.predict(self.case, **inputs)
+        key = id(tool)
+        if key in self.tool_states:
+            tool.load_state_dict(self.tool_states[key])
+        else:
+            tool.reset()
+        try:
+            return tool.predict(self.case, **inputs)
+        finally:
+            self.tool_states[key] = tool.state_dict()
 
     def _session(self) -> PromptSession:
         if self.session is None:
@@ -224,7 +252,8 @@ class Episode:
             return "failed", f"{call.name} error: the tool returned a mask of shape {mask.shape}, expected {self.mask.shape}"
         self.undo_stack.append(snapshot)
         self.mask = mask
-        return "segment", f"The mask now covers {self._area_text()}."
+        regions = describe_regions(mask, self.config.max_regions, self.config.region_min_area)
+        return "segment", f"The mask now covers {self._area_text()}{regions}."
 
     def _binary(self, prediction: Prediction) -> np.ndarray:
         if not isinstance(prediction, Prediction):

@@ -1,7 +1,7 @@
 """One parser core for actions: text messages with `<tool_call>{json}</tool_call>` blocks, and Dict actions.
 
 Both paths end in `validate_call`, which checks a (name, arguments) pair against the fixed tool schema
-(DESIGN.md, "The environment contract") and returns either a `ToolCall` with clean arguments or an
+(`medagent.envs.tool_specs.TOOL_SPECS`) and returns either a `ToolCall` with clean arguments or an
 `InvalidCall` whose message becomes the error observation. Nothing here raises on bad input.
 
 Message rules:
@@ -21,26 +21,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-#: The tools of the environment, in schema order (alphabetical, as TRL lists an environment's methods).
-TOOL_NAMES = ("adapt", "add_bbox", "add_point", "auto_segment", "cps", "refine", "stop_action", "undo")
-#: Automatic segmenters `auto_segment` can run.
-AUTO_MODELS = ("unet", "ifunet", "allukan")
-POINT_TYPES = ("positive", "negative")
+from medagent.envs.tool_specs import AUTO_MODELS, POINT_TYPES, SPECS_BY_NAME, TOOL_NAMES, ArgSpec
+
 #: Longest message text the parser reads; the rest is ignored (keeps adversarial inputs cheap).
 MAX_MESSAGE_CHARS = 20_000
 #: Longest JSON block the parser decodes.
 MAX_BLOCK_CHARS = 2_000
-
-_ARGUMENTS: dict[str, tuple[str, ...]] = {
-    "adapt": (),
-    "add_bbox": ("bbox_2d",),
-    "add_point": ("point_2d", "point_type"),
-    "auto_segment": ("model",),
-    "cps": (),
-    "refine": (),
-    "stop_action": (),
-    "undo": (),
-}
 
 _BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 
@@ -126,32 +112,43 @@ def _as_int(value: Any) -> int | None:
     return None
 
 
-def _coords(name: str, key: str, value: Any, n: int) -> list[int] | str:
+def _coords(name: str, arg: ArgSpec, value: Any) -> list[int] | str:
+    """The integers of a "coords" argument, or the error text."""
+    key, n, low, high = arg.name, arg.length, arg.low, arg.high
     if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != n:
-        return f"{name}: {key} must be a list of {n} integers in 0-999, got {_short(json.dumps(value, default=str), 60)}"
+        return f"{name}: {key} must be a list of {n} integers in {low}-{high}, got {_short(json.dumps(value, default=str), 60)}"
     out = [_as_int(v) for v in value]
     if any(v is None for v in out):
-        return f"{name}: {key} must hold integers in 0-999, got {_short(json.dumps(value, default=str), 60)}"
-    if any(not 0 <= v <= 999 for v in out):  # type: ignore[operator]
-        return f"{name}: {key} values must lie in 0-999, got {out}"
+        return f"{name}: {key} must hold integers in {low}-{high}, got {_short(json.dumps(value, default=str), 60)}"
+    if any(not low <= v <= high for v in out):  # type: ignore[operator]
+        return f"{name}: {key} values must lie in {low}-{high}, got {out}"
     return out  # type: ignore[return-value]
 
 
+def _choice(name: str, arg: ArgSpec, value: Any) -> str | None:
+    """None when `value` is one of the argument's choices, else the error text."""
+    if isinstance(value, str) and value in arg.choices:
+        return None
+    allowed = " or ".join(repr(c) for c in arg.choices) if len(arg.choices) == 2 else str(list(arg.choices))
+    return f"{name}: {arg.name} must be {'' if len(arg.choices) == 2 else 'one of '}{allowed}, got {_short(repr(value), 40)}"
+
+
 def validate_call(name: Any, arguments: Any, raw: str = "") -> ToolCall | InvalidCall:
-    """Check a call against the tool schema; never raises.
+    """Check a call against its `ToolSpec` (names, types, ranges, enums); never raises.
 
     Args:
         name: the tool name.
         arguments: a mapping of argument name -> value.
         raw: the source text, kept for the history.
     """
-    if not isinstance(name, str) or name not in _ARGUMENTS:
+    spec = SPECS_BY_NAME.get(name) if isinstance(name, str) else None
+    if spec is None:
         return InvalidCall(_short(str(name), 40), f"unknown tool {_short(str(name), 40)!r}; tools: {', '.join(TOOL_NAMES)}", raw)
     if arguments is None:
         arguments = {}
     if not isinstance(arguments, Mapping):
         return InvalidCall(name, f"{name}: arguments must be a JSON object", raw)
-    expected = _ARGUMENTS[name]
+    expected = spec.arg_names
     extra = sorted(str(k) for k in arguments if k not in expected)
     missing = [k for k in expected if k not in arguments]
     if extra or missing:
@@ -162,26 +159,22 @@ def validate_call(name: Any, arguments: Any, raw: str = "") -> ToolCall | Invali
             parts.append(f"unexpected {[_short(k, 30) for k in extra[:5]]}")
         return InvalidCall(name, f"{name}: {'; '.join(parts)}; it takes {list(expected) or 'no arguments'}", raw)
     clean: dict[str, Any] = {}
-    if name == "add_bbox":
-        box = _coords(name, "bbox_2d", arguments["bbox_2d"], 4)
-        if isinstance(box, str):
-            return InvalidCall(name, box, raw)
+    for arg in spec.args:
+        value = arguments[arg.name]
+        if arg.kind == "coords":
+            checked = _coords(name, arg, value)
+            if isinstance(checked, str):
+                return InvalidCall(name, checked, raw)
+            clean[arg.name] = checked
+        else:
+            error = _choice(name, arg, value)
+            if error is not None:
+                return InvalidCall(name, error, raw)
+            clean[arg.name] = value
+    if name == "add_bbox":  # the one rule across arguments: corners in order
+        box = clean["bbox_2d"]
         if box[0] > box[2] or box[1] > box[3]:
             return InvalidCall(name, f"add_bbox: bbox_2d must be [x1, y1, x2, y2] with x1 <= x2 and y1 <= y2, got {box}", raw)
-        clean["bbox_2d"] = box
-    elif name == "add_point":
-        point = _coords(name, "point_2d", arguments["point_2d"], 2)
-        if isinstance(point, str):
-            return InvalidCall(name, point, raw)
-        kind = arguments["point_type"]
-        if kind not in POINT_TYPES:
-            return InvalidCall(name, f"add_point: point_type must be 'positive' or 'negative', got {_short(repr(kind), 40)}", raw)
-        clean["point_2d"], clean["point_type"] = point, kind
-    elif name == "auto_segment":
-        model = arguments["model"]
-        if model not in AUTO_MODELS:
-            return InvalidCall(name, f"auto_segment: model must be one of {list(AUTO_MODELS)}, got {_short(repr(model), 40)}", raw)
-        clean["model"] = model
     return ToolCall(name, clean, raw)
 
 

@@ -97,6 +97,37 @@ class FakeCps:
         return Prediction(mask=references[0].label.astype(np.uint8))
 
 
+class FakeAdaptive:
+    """Stateful like a test-time adapter: each call adapts once more, and the k-th call since `reset()` returns
+    the label map eroded k - 1 times (so leaked state shows as a different mask)."""
+
+    name = "fake-adapt"
+    class_names = dict(CLASSES)
+    stateful = True
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def reset(self) -> None:
+        self.calls = 0
+
+    def state_dict(self) -> dict:
+        return {"calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.calls = int(state["calls"])
+
+    def predict(self, case: Case) -> Prediction:
+        self.calls += 1
+        out = np.zeros(case.shape, np.uint8)
+        for c in range(1, 4):
+            region = case.label == c
+            if self.calls > 1:
+                region = ndimage.binary_erosion(region, iterations=self.calls - 1)
+            out[region] = c
+        return Prediction(mask=out)
+
+
 class RaisingTool:
     """Any call raises."""
 
@@ -115,9 +146,9 @@ def make_env(**overrides):
     """An InteractiveSegEnv on the toy dataset with fake tools (nothing loaded from the registry)."""
     from medagent.envs import InteractiveSegEnv
 
-    kwargs = {"image_size": 32, "load_tools": False, "min_area": 9}
+    kwargs = {"image_size": 32, "load_tools": False, "min_area": 9, "tools": fake_tools()}
     kwargs.update(overrides)
-    return InteractiveSegEnv(dataset=make_dataset(), tools=fake_tools(), **kwargs)
+    return InteractiveSegEnv(dataset=make_dataset(), **kwargs)
 
 
 def make_dict_env(**overrides):

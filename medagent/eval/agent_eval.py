@@ -74,7 +74,6 @@ def run_agent_eval(env_settings: dict[str, Any], agents: list[str], episodes: in
 
     Returns (results.json path, per-episode DataFrame).
     """
-    import shutil
 
     from medagent.eval.results import summarize
     from medagent.eval.runs import RunFolder

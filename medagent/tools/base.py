@@ -67,6 +67,9 @@ class Tool:
     inputs: ClassVar[frozenset[str]] = frozenset()
     #: True when the tool handles (C, D, H, W) itself; otherwise 3D cases run slice-wise.
     native_3d: ClassVar[bool] = False
+    #: True when `predict` changes the tool (test-time adaptation); such tools offer `reset()`,
+    #: `state_dict()` and `load_state_dict(state)`, and the environment resets them at every episode.
+    stateful: ClassVar[bool] = False
 
     def predict(self, case: Case, axis: int | None = None, **inputs: Any) -> Prediction:
         """Segment `case`. 3D cases run slice-wise along `axis` (default: coarsest spacing) for 2D tools."""

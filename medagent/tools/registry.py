@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from medagent.errors import ToolError, ToolUnavailable
 from medagent.tools.base import Tool, ToolKind

@@ -8,10 +8,10 @@ Input: a `medagent.trajectories.export_trl` folder (a `datasets.DatasetDict` on 
 "messages" + "images"). Loss on assistant turns only (TRL's `assistant_only_loss`, which swaps in the training
 variant of the qwen3_vl template with `{% generation %}` markers; needs transformers >= 5.18).
 
-A TRL quirk handled here: TRL's VLM collator (`prepare_multimodal_messages`) fills image placeholders only in
-system/user/assistant turns and skips "tool" turns, while our export puts the image after each call in a tool
-turn. `InlineImagesCollator` therefore puts every listed image into its placeholder before TRL sees the
-example (TRL keeps blocks that already carry an image, and the processor collects images from every turn).
+The collator is medagent's own (`ConversationCollator`): TRL's VLM collator renders without `tools=` and fills
+image placeholders only in system/user/assistant turns, while the conversation contract puts the schema
+through the template's tools block and an image in each tool turn. It renders exactly what the policy sees at
+inference and in GRPO (a test holds the token ids equal).
 
 Run folder (`out_dir`, default `medagent-runs/sft-<time>/`):
     config.json     this config;  versions.json  package versions, git SHA, seed
@@ -110,7 +110,9 @@ class SFTRunConfig:
 def inline_images(example: dict[str, Any]) -> dict[str, Any]:
     """Put the example's images into their placeholders in every turn (tool turns included); `images` -> [].
 
-    Placeholders are content blocks with type "image" and no image; they take `images` in order.
+    Placeholders are content blocks with type "image" and no image; they take `images` in order. Keys the
+    datasets layout fills with None (`tool_calls`, `name`, a text block's missing text) are dropped, so the
+    messages render exactly as the renderer built them.
 
     Raises:
         DataError: the number of placeholders and images differ.
@@ -119,15 +121,19 @@ def inline_images(example: dict[str, Any]) -> dict[str, Any]:
     k = 0
     messages = []
     for message in example["messages"]:
+        message = {key: value for key, value in message.items() if value is not None}
         content = message.get("content")
         if isinstance(content, list):
             blocks = []
             for block in content:
-                if block.get("type") == "image" and block.get("image") is None:
-                    if k >= len(images):
-                        raise DataError(f"an SFT example has more image placeholders than its {len(images)} images")
-                    block = {"type": "image", "image": images[k]}
-                    k += 1
+                if block.get("type") == "image":
+                    image = block.get("image")
+                    if image is None:
+                        if k >= len(images):
+                            raise DataError(f"an SFT example has more image placeholders than its {len(images)} images")
+                        image = images[k]
+                        k += 1
+                    block = {"type": "image", "image": image}
                 elif block.get("type") == "text":
                     block = {"type": "text", "text": block.get("text") or ""}
                 blocks.append(block)
@@ -138,14 +144,41 @@ def inline_images(example: dict[str, Any]) -> dict[str, Any]:
     return {**example, "messages": messages, "images": []}
 
 
-class InlineImagesCollator:
-    """Wraps TRL's VLM collator so images in tool turns reach the processor (see module docstring)."""
+class ConversationCollator:
+    """Tokenises SFT examples exactly as the policy sees them: the chat template with the tool schema through
+    `tools=` (TRL's VLM collator cannot pass it), images inline in every turn, loss on assistant tokens only.
 
-    def __init__(self, collator: Callable[[list[dict[str, Any]]], Any]) -> None:
-        self.collator = collator
+    Args:
+        processor: the VLM processor.
+        tools: JSON tool schema (`medagent.envs.tool_schema()`).
+        chat_template: the template to render with; for assistant-only loss, the training variant of the
+            model's template (TRL's `get_training_chat_template`, same text plus `{% generation %}` markers).
+        assistant_only_loss: labels only on assistant turns (tool calls, the final answer, end-of-turn tokens).
+        max_length: truncate longer sequences (tokens); None keeps them whole.
+    """
 
-    def __call__(self, examples: list[dict[str, Any]]) -> Any:
-        return self.collator([inline_images(e) for e in examples])
+    def __init__(self, processor: Any, tools: list[dict[str, Any]], chat_template: str | None = None,
+                 assistant_only_loss: bool = True, max_length: int | None = None) -> None:
+        self.processor = processor
+        self.tools = tools
+        self.chat_template = chat_template
+        self.assistant_only_loss = assistant_only_loss
+        self.max_length = max_length
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        conversations = [inline_images(e)["messages"] for e in examples]
+        output = self.processor.apply_chat_template(
+            conversations, tools=self.tools, chat_template=self.chat_template, tokenize=True, return_dict=True,
+            return_tensors="pt", return_assistant_tokens_mask=self.assistant_only_loss,
+            processor_kwargs={"padding": True, "padding_side": "right", "truncation": self.max_length is not None,
+                              "max_length": self.max_length, "add_special_tokens": False},
+        )
+        labels = output["input_ids"].clone()
+        labels[output["attention_mask"] == 0] = -100
+        if self.assistant_only_loss:
+            labels[output.pop("assistant_masks") == 0] = -100
+        output["labels"] = labels
+        return output
 
 
 def _load_data(path: str, split: str, eval_split: str | None) -> tuple[Any, Any]:
@@ -195,6 +228,16 @@ def _metrics_callback(path: Path) -> Any:
                     f.write(json.dumps(_jsonable({"step": state.global_step, **logs})) + "\n")
 
     return _Log()
+
+
+def make_collator(processor: Any, config: SFTRunConfig) -> ConversationCollator:
+    """The `ConversationCollator` of a run: every tool's schema, the training variant of the model's template."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    from medagent.envs.tool_specs import tool_schema
+
+    template = get_training_chat_template(processor) if config.assistant_only_loss else None
+    return ConversationCollator(processor, tool_schema(), template, config.assistant_only_loss, config.max_length)
 
 
 def trl_args(config: SFTRunConfig, out: Path) -> Any:
@@ -262,8 +305,8 @@ def run_sft(config: SFTRunConfig) -> Path:
     else:
         model, processor = build_tiny_vlm(cfg.tiny)
     trainer = SFTTrainer(model=model, args=trl_args(cfg, out), train_dataset=train, eval_dataset=evaluation,
-                         processing_class=processor, callbacks=[_metrics_callback(out / "metrics.jsonl")])
-    trainer.data_collator = InlineImagesCollator(trainer.data_collator)
+                         processing_class=processor, data_collator=make_collator(processor, cfg),
+                         callbacks=[_metrics_callback(out / "metrics.jsonl")])
     trainer.train(resume_from_checkpoint=True if cfg.resume else None)
     if evaluation is not None:
         trainer.evaluate()

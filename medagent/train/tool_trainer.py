@@ -113,7 +113,12 @@ class ToolTrainerConfig:
         model: "unet", "ifunet" or "allukan".
         dataset: builtin dataset name (`medagent.data.builtin.load_builtin`); ignored when `data_dir` is set.
         data_dir: a user folder in a known layout (`medagent.data.layouts.load_folder`), or None.
-        dataset_seed: seed of procedural builtin datasets (`load_builtin(name, seed=...)`).
+        dataset_seed: seed of procedural builtin datasets (`load_builtin(name, seed=...)`); the validation
+            split (and `score_checkpoint`'s val/test splits) always come from this seed.
+        dataset_seeds: train on the concatenated train splits of `load_builtin(dataset, seed=s)` for every s
+            here (a seeded builtin dataset draws new synthetic content per seed on the same slices and
+            splits, e.g. new lesions for mni-lesion); empty (default) = the train split of `dataset_seed`.
+            Builtin datasets only (not with `data_dir` or an explicit `dataset=`).
         steps: optimisation steps (one batch each).
         batch_size: crops per step.
         lr: AdamW learning rate (cosine decay to 5% over `steps`, after a 5% linear warm-up).
@@ -146,6 +151,7 @@ class ToolTrainerConfig:
     dataset: str = "mni-tissue"
     data_dir: str | None = None
     dataset_seed: int = 0
+    dataset_seeds: tuple[int, ...] = ()
     steps: int = 600
     batch_size: int = 8
     lr: float = 3e-3
@@ -180,6 +186,17 @@ class ToolTrainerConfig:
             raise ConfigError(f"ToolTrainerConfig.lr must be > 0, got {self.lr}")
         if self.aug_policy not in AUG_POLICIES:
             raise ConfigError(f"ToolTrainerConfig.aug_policy must be one of {AUG_POLICIES}, got {self.aug_policy!r}")
+        if isinstance(self.dataset_seeds, (list, tuple)):  # lists from JSON
+            self.dataset_seeds = tuple(self.dataset_seeds)
+        else:
+            raise ConfigError(f"ToolTrainerConfig.dataset_seeds must be a tuple of ints, got {self.dataset_seeds!r}")
+        if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in self.dataset_seeds):
+            raise ConfigError(f"ToolTrainerConfig.dataset_seeds must be non-negative ints, got {self.dataset_seeds!r}")
+        self.dataset_seeds = tuple(int(s) for s in self.dataset_seeds)
+        if len(set(self.dataset_seeds)) != len(self.dataset_seeds):
+            raise ConfigError(f"ToolTrainerConfig.dataset_seeds has duplicates: {self.dataset_seeds!r}")
+        if self.dataset_seeds and self.data_dir:
+            raise ConfigError("ToolTrainerConfig.dataset_seeds applies to builtin datasets only, not to data_dir")
         if isinstance(self.aug, dict):  # from JSON / the CLI
             known = {f.name for f in dataclasses.fields(AugmentConfig)}
             unknown = sorted(set(self.aug) - known)
@@ -202,6 +219,19 @@ def load_training_data(config: ToolTrainerConfig) -> Dataset:
     from medagent.data.builtin import load_builtin
 
     return load_builtin(config.dataset, seed=config.dataset_seed)
+
+
+def training_cases(config: ToolTrainerConfig, dataset: Dataset) -> list[Case]:
+    """The 2D training cases: `dataset`'s train split, or with `config.dataset_seeds` the train splits of
+    the builtin `config.dataset` drawn with each of those seeds, concatenated in that order."""
+    if not config.dataset_seeds:
+        return _as_2d(dataset.cases("train"))
+    from medagent.data.builtin import load_builtin
+
+    cases: list[Case] = []
+    for s in config.dataset_seeds:
+        cases.extend(_as_2d(load_builtin(config.dataset, seed=s).cases("train")))
+    return cases
 
 
 def _as_2d(cases: Any) -> list[Case]:
@@ -480,7 +510,7 @@ def _save_state(folder: Path, tool: SegmenterTool, optimizer: torch.optim.Optimi
         tmp.rename(folder)
 
 
-_RESUME_MUST_MATCH = ("model", "dataset", "data_dir", "dataset_seed", "batch_size", "crop_size", "seed", "model_config", "steps", "lr",
+_RESUME_MUST_MATCH = ("model", "dataset", "data_dir", "dataset_seed", "dataset_seeds", "batch_size", "crop_size", "seed", "model_config", "steps", "lr",
                       "aug_policy", "aug")
 
 
@@ -489,9 +519,10 @@ def _load_state(folder: Path, tool_cls: type[SegmenterTool], optimizer_factory, 
     saved = meta["trainer_config"]
     now = json.loads(json.dumps(dataclasses.asdict(config)))  # as JSON sees it (tuples become lists)
     for name in _RESUME_MUST_MATCH:
-        if saved.get(name) != now[name]:
+        was = saved.get(name, [] if name == "dataset_seeds" else None)  # states saved before the field existed
+        if was != now[name]:
             raise ConfigError(
-                f"{folder}: cannot resume: field {name!r} was {saved.get(name)!r}, now {now[name]!r}; "
+                f"{folder}: cannot resume: field {name!r} was {was!r}, now {now[name]!r}; "
                 "use another out_dir or resume=False"
             )
     tool = tool_cls.from_pretrained(folder)
@@ -526,15 +557,18 @@ def train_tool(config: ToolTrainerConfig, dataset: Dataset | None = None) -> Pat
 
     Args:
         config: see `ToolTrainerConfig`.
-        dataset: use this `Dataset` instead of loading `config.dataset` / `config.data_dir`.
+        dataset: use this `Dataset` instead of loading `config.dataset` / `config.data_dir` (not together
+            with `config.dataset_seeds`).
     """
+    if dataset is not None and config.dataset_seeds:
+        raise ConfigError("ToolTrainerConfig.dataset_seeds loads builtin datasets itself; do not pass dataset= too")
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dataset = dataset if dataset is not None else load_training_data(config)
     info = dataset.info
-    train_cases = _as_2d(dataset.cases("train"))
+    train_cases = training_cases(config, dataset)
     if not train_cases:
         raise DataError(f"dataset {info.name!r} has no labelled training cases")
     try:
@@ -636,8 +670,15 @@ SHIPPED_RECIPES: dict[str, dict[str, Any]] = {
     "unet-ct-phantom": dict(model="unet", dataset="ct-phantom", crop_size=96, foreground_crop_prob=0.9, class_balanced_crops=True,
                             model_config={"width": 8, "depth": 3, "ct_window": "wide"}),
 }
+#: recipes re-made after version 2 (docs/segmenters.md says what changed)
+_LATER_VERSIONS = {"unet-mni-lesion": "3"}
 #: the manifest version of each shipped checkpoint's current recipe
-SHIPPED_VERSIONS: dict[str, str] = {name: ("1" if SHIPPED_RECIPES[name].get("aug_policy") == "basic" else "2") for name in SHIPPED_RECIPES}
+SHIPPED_VERSIONS: dict[str, str] = {
+    name: _LATER_VERSIONS.get(name, "1" if SHIPPED_RECIPES[name].get("aug_policy") == "basic" else "2") for name in SHIPPED_RECIPES
+}
+#: checkpoints shipped with their floating-point tensors stored as float16 (half the file; the tool loads
+#: them into its float32 network); their recorded metrics are those of the float16 file
+SHIPPED_FLOAT16: frozenset[str] = frozenset({"unet-mni-lesion"})
 #: test cases whose Dice the shipped-weights test recomputes (first N of the test split)
 CHECK_CASES = 4
 
@@ -650,20 +691,24 @@ def shipped_config(name: str, out_dir: str | Path) -> ToolTrainerConfig:
     return ToolTrainerConfig(**fields, out_dir=str(out_dir), progress=False)
 
 
-def train_shipped(name: str, work_dir: str | Path = "medagent-runs/shipped", install: bool = True) -> dict[str, Any]:
+def train_shipped(name: str, work_dir: str | Path = "medagent-runs/shipped", install: bool = True,
+                  resume: bool = False) -> dict[str, Any]:
     """Train shipped checkpoint `name` from its recipe, evaluate it on the val and test splits and (with
     `install`) copy it into medagent/weights/<name>/ (`install_shipped`).
 
-    The trained run stays in `work_dir/<name>/` (its `best/` and a `shipped_metrics.json`), so one can
+    The trained run stays in `work_dir/<name>/` (its `best/`, for `SHIPPED_FLOAT16` models also the
+    float16 copy `best-float16/` that is scored and installed, and a `shipped_metrics.json`), so one can
     compare it with the shipped checkpoint on the val split first and install it later.
-    Returns the metrics written to metrics.json.
+    `resume=True` continues an interrupted run in `work_dir/<name>/` (same weights as an uninterrupted
+    one; `train_seconds` then counts only this call). Returns the metrics written to metrics.json.
     """
     from medagent.tools.segmenters import TOOL_CLASSES
 
     config = shipped_config(name, Path(work_dir) / name)
     started = time.time()
-    best = train_tool(dataclasses.replace(config, resume=False))
+    best = train_tool(dataclasses.replace(config, resume=resume))
     seconds = time.time() - started
+    best = shipped_checkpoint(name, best)
     tool = TOOL_CLASSES[config.model].from_pretrained(best)
     metrics = {**score_checkpoint(tool, config), "train_seconds": round(seconds, 1), "parameters": tool.num_parameters(),
                "threads": config.num_threads}
@@ -671,6 +716,24 @@ def train_shipped(name: str, work_dir: str | Path = "medagent-runs/shipped", ins
     if install:
         install_shipped(name, best, metrics)
     return metrics
+
+
+def shipped_checkpoint(name: str, best: str | Path) -> Path:
+    """The folder to score and install for shipped checkpoint `name` trained into `best`: `best` itself, or
+    for `SHIPPED_FLOAT16` models a copy `<best>-float16/` whose floating-point tensors are float16."""
+    best = Path(best)
+    if name not in SHIPPED_FLOAT16:
+        return best
+    import shutil
+
+    from safetensors.torch import save_file
+
+    half = best.with_name(best.name + "-float16")
+    half.mkdir(parents=True, exist_ok=True)
+    state = load_safetensors(best / "model.safetensors")
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}, str(half / "model.safetensors"))
+    shutil.copy(best / "config.json", half / "config.json")
+    return half
 
 
 def score_checkpoint(tool: SegmenterTool, config: ToolTrainerConfig) -> dict[str, Any]:
@@ -713,23 +776,35 @@ def _model_card(name: str, config: ToolTrainerConfig, metrics: dict[str, Any]) -
     val_aug = metrics.get("val_augmented", {}).get("mean_dice")
     val_line = (f"- Val split: mean foreground Dice {val:.4f} clean, {val_aug:.4f} on 2 seeded robust-policy augmentations per\n"
                 "  case (`evaluate_dice_augmented`; the trainer's own augmentation, not the evaluation shifts).\n") if val is not None and val_aug is not None else ""
-    policy = ("robust intensity augmentation (`AugmentConfig` defaults: bias field, blur, low resolution, noise,\n"
+    aug_changed = {f.name: getattr(config.aug, f.name) for f in dataclasses.fields(AugmentConfig)
+                   if getattr(config.aug, f.name) != getattr(AugmentConfig(), f.name)}
+    policy = ((f"robust intensity augmentation (`AugmentConfig` defaults but {aug_changed}: bias field, blur, low\n"
+               "  resolution, noise, contrast, gamma both ways, stripes, then re-scaling as at inference)") if config.aug_policy == "robust" and aug_changed
+              else "robust intensity augmentation (`AugmentConfig` defaults: bias field, blur, low resolution, noise,\n"
               "  contrast, gamma both ways, stripes, then re-scaling as at inference)" if config.aug_policy == "robust"
               else "the version-1 basic intensity augmentation (gamma, contrast/brightness, bias field, noise)")
+    if config.dataset_seeds:
+        data = (f"train splits of `load_builtin(\"{config.dataset}\", seed=s)` for the {len(config.dataset_seeds)} seeds s in\n"
+                f"  `dataset_seeds` (new synthetic content per seed on the same slices), concatenated; best checkpoint by\n"
+                f"  mean foreground Dice on the val split of seed {config.dataset_seed}, test split of seed {config.dataset_seed}")
+    else:
+        data = "train split; best checkpoint by mean foreground Dice on the\n  val split"
+    storage = ("float16 (loaded into the float32 network; all metrics here are those of this\n  float16 file)"
+               if name in SHIPPED_FLOAT16 else "float32")
     return f"""# {name}
 
 Tiny `{config.model}` segmenter shipped with medagent (embedded default; offline, CPU). Manifest version
 {SHIPPED_VERSIONS[name]}.
 
-- Data: builtin dataset `{config.dataset}` (train split; best checkpoint by mean foreground Dice on the
-  val split), derived from files installed packages ship (see `medagent data list`).
+- Data: builtin dataset `{config.dataset}` ({data}), derived from files installed packages ship (see
+  `medagent data list`).
 - Recipe (seeded, exact):
   `medagent.train.tool_trainer.train_shipped("{name}")`, i.e.
   `train_tool(shipped_config("{name}", out_dir))` with the common settings
   `{json.dumps(_SHIPPED_COMMON)}` overridden by `{recipe}`; {policy}; geometric augmentation (flips,
   rotations up to {config.max_rotation_deg:g} degrees).
 - Seed: {config.seed}. Threads: {config.num_threads}. Training time: {metrics['train_seconds']} s on a shared
-  2-core CPU. Parameters: {metrics['parameters']}.
+  2-core CPU. Parameters: {metrics['parameters']}, stored as {storage}.
 {val_line}- Test split ({config.dataset}, whole images): mean foreground Dice **{test['mean_dice']:.4f}**
 
 | class | Dice |
@@ -739,6 +814,6 @@ Tiny `{config.model}` segmenter shipped with medagent (embedded default; offline
 `metrics.json` also records the Dice on the first {CHECK_CASES} test cases, which
 tests/test_segmenters.py recomputes (tolerance 0.01). Robustness to the shifted centres of
 `medagent.data.shifts`: see docs/segmenters.md (`python bench/bench_segmenters.py --shipped`). Limits: tiny
-width, about a thousand CPU steps, template-derived or synthetic labels: a demonstration model, not a
+width ({config.model_config.get("width", 8)}), {config.steps} CPU steps, template-derived or synthetic labels: a demonstration model, not a
 clinical one.
 """

@@ -7,10 +7,10 @@
     export_trl("runs/traj", "runs/sft")
 """
 
-from medagent.trajectories.export import FINAL_ANSWER, episode_messages, export_trl, is_val_subject, show, system_prompt
+from medagent.trajectories.export import FINAL_ANSWER, episode_messages, export_trl, is_val_subject, message_features, show
 from medagent.trajectories.generate import GenerateConfig, episode_seed, generate, load_trajectories
 
 __all__ = [
     "FINAL_ANSWER", "GenerateConfig", "episode_messages", "episode_seed", "export_trl", "generate", "is_val_subject",
-    "load_trajectories", "show", "system_prompt",
+    "load_trajectories", "message_features", "show",
 ]

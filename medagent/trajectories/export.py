@@ -1,12 +1,15 @@
 """Export trajectories for SFT (TRL's VLM "messages" + "images" format) and show an episode's frames.
 
-One example per episode:
-- system: `SYSTEM_PROMPT` with the rendered tool schema (`medagent.envs.tool_schema_text`; the VLM SFT
-  collator ignores a `tools` column, so the schema travels in the system prompt);
+One example per episode, built by the one conversation renderer (`medagent.envs.conversation`), so SFT data,
+the policy at inference and GRPO rollouts render to the same token ids:
+- system: `SYSTEM_PROMPT` (the tool schema is not in it: the SFT collator passes it through the chat
+  template's `tools=`, see `medagent.train.sft`);
 - user: the first image and the instruction;
-- per step: an assistant turn with the agent's message text (its `<tool_call>` block(s)), then a "tool" turn
-  with the next observation image and the tool's answer text;
-- after stop_action: a final assistant turn without a call (`FINAL_ANSWER`).
+- per step: an assistant turn with the agent's calls (structured `tool_calls`, arguments as JSON text), then
+  one "tool" turn per call with the image after that call and the call's answer (text only once the episode
+  is over);
+- after the episode ends (stop_action, max turns, too many errors): a final assistant turn without a call
+  (`FINAL_ANSWER`); an episode ended by a message with no parseable call ends on that message.
 Images are listed in "images" in the order their placeholders appear. Train/val split by subject (a stable
 hash of the subject id), so no subject is in both.
 """
@@ -18,37 +21,54 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from medagent.envs.prompts import FINAL_ANSWER, SYSTEM_PROMPT, system_prompt  # noqa: F401  (re-exported)
+from medagent.envs.conversation import FINAL_ANSWER, ConversationRenderer, ToolTurn  # noqa: F401  (re-exported)
 from medagent.errors import ConfigError
 from medagent.trajectories.generate import load_trajectories
 
-def _text(text: str) -> dict[str, Any]:
-    return {"type": "text", "text": text}
+
+def row_tool_turns(row: dict[str, Any]) -> list[ToolTurn]:
+    """The `ToolTurn`s of one trajectory row (images as PIL, in call order)."""
+    names, texts, has_image = (json.loads(row[k]) for k in ("tool_names", "tool_texts", "tool_has_image"))
+    images = iter(row["tool_images"] or [])
+    return [ToolTurn(n, t, next(images) if h else None) for n, t, h in zip(names, texts, has_image)]
 
 
-_IMAGE = {"type": "image", "text": None}
+def storable(message: dict[str, Any]) -> dict[str, Any]:
+    """A message in the datasets layout: tool-call arguments as JSON text (the template prints text verbatim,
+    which is byte for byte what it renders for the dict)."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    return {**message, "tool_calls": [{"type": c["type"], "function": {"name": c["function"]["name"],
+                                       "arguments": json.dumps(c["function"]["arguments"])}} for c in calls]}
 
 
-def episode_messages(rows: list[dict[str, Any]], system: str) -> dict[str, Any]:
-    """Messages + images of one episode from its rows (sorted by step)."""
-    messages = [{"role": "system", "content": [_text(system)]},
-                {"role": "user", "content": [_IMAGE, _text(rows[0]["instruction"])]}]
+def episode_messages(rows: list[dict[str, Any]], renderer: ConversationRenderer | None = None) -> dict[str, Any]:
+    """Messages (image placeholders) + images of one episode from its rows (sorted by step)."""
+    renderer = renderer or ConversationRenderer()
+    messages = renderer.start(None, rows[0]["instruction"])
     images = [rows[0]["image"]]
-    for i, row in enumerate(rows):
-        messages.append({"role": "assistant", "content": [_text(row["action"])]})
-        results = json.loads(row["results"])
-        if not results:  # an unparseable message ends the episode
-            break
-        next_image = rows[i + 1]["image"] if i + 1 < len(rows) else row["final_image"]
-        stopped = json.loads(row["outcomes"])[-1] == "stop"
-        if stopped:
-            messages.append({"role": "tool", "content": [_text("\n".join(results))]})
-            messages.append({"role": "assistant", "content": [_text(FINAL_ANSWER)]})
-            break
-        messages.append({"role": "tool", "content": [_IMAGE, _text("\n".join(results))]})
-        images.append(next_image)
-    return {"messages": messages, "images": images, "subject": rows[0]["subject"], "episode": int(rows[0]["episode"]),
-            "episode_score": float(rows[0]["episode_score"])}
+    ended_by_format = False
+    for row in rows:
+        turns = row_tool_turns(row)
+        messages += renderer.step_messages(row["action"], turns, with_images=False)
+        images += [t.image for t in turns if t.image is not None]
+        ended_by_format = not turns
+    if not ended_by_format:
+        messages.append(renderer.final_message())
+    return {"messages": [storable(m) for m in messages], "images": images, "subject": rows[0]["subject"],
+            "episode": int(rows[0]["episode"]), "episode_score": float(rows[0]["episode_score"])}
+
+
+def message_features() -> Any:
+    """The datasets feature of a "messages" column (role, content blocks, tool calls, tool name)."""
+    import datasets
+
+    return [{"role": datasets.Value("string"),
+             "content": [{"type": datasets.Value("string"), "text": datasets.Value("string")}],
+             "tool_calls": [{"type": datasets.Value("string"),
+                             "function": {"name": datasets.Value("string"), "arguments": datasets.Value("string")}}],
+             "name": datasets.Value("string")}]
 
 
 def is_val_subject(subject: str, val_fraction: float) -> bool:
@@ -73,17 +93,16 @@ def export_trl(path: str | Path, out: str | Path, val_fraction: float = 0.1, min
     by_episode: dict[int, list[dict[str, Any]]] = {}
     for row in table:
         by_episode.setdefault(int(row["episode"]), []).append(row)
-    system = system_prompt()
+    renderer = ConversationRenderer()
     splits: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
     for index in sorted(by_episode):
         rows = sorted(by_episode[index], key=lambda r: r["step"])
         if min_score is not None and rows[0]["episode_score"] < min_score:
             continue
-        example = episode_messages(rows, system)
+        example = episode_messages(rows, renderer)
         splits["val" if is_val_subject(example["subject"], val_fraction) else "train"].append(example)
     features = datasets.Features({
-        "messages": [{"role": datasets.Value("string"),
-                      "content": [{"type": datasets.Value("string"), "text": datasets.Value("string")}]}],
+        "messages": message_features(),
         "images": datasets.Sequence(datasets.Image()),
         "subject": datasets.Value("string"), "episode": datasets.Value("int64"), "episode_score": datasets.Value("float64"),
     })

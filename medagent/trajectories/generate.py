@@ -10,8 +10,9 @@ Layout of an output folder:
 Episode i is played with the seed `episode_seed(seed, i)`, whichever worker plays it, so the same seed gives
 identical trajectories with any number of workers, and `resume=True` only plays the missing shards.
 One row per step: the observation image the agent saw, instruction, history, the action text, the step
-reward, the reward terms (JSON), Dice/IoU after the step, the episode's ids, and on an episode's last row
-the final observation image.
+reward, the reward terms (JSON), Dice/IoU after the step, the episode's ids, the step's tool turns (one per
+call: tool name, answer text, image after the call or none once the episode is over), and on an episode's
+last row the final observation image.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 
 from medagent.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-call tool turns (names, texts, images)
 
 
 def episode_seed(seed: int, index: int) -> int:
@@ -94,6 +95,10 @@ def _play_shard(env_factory: Callable[[], Any], config: GenerateConfig, shard: i
                 "dice": float(step.info["dice"]), "iou": float(step.info["iou"]),
                 "terminated": step.terminated, "truncated": step.truncated,
                 "episode_score": float(result.score), "final_image": result.final_observation["image"] if last else None,
+                "tool_names": json.dumps([t.name for t in step.tool_turns]),
+                "tool_texts": json.dumps([t.text for t in step.tool_turns]),
+                "tool_has_image": json.dumps([t.image is not None for t in step.tool_turns]),
+                "tool_images": [t.image for t in step.tool_turns if t.image is not None],
             })
     env.close()
     features = datasets.Features({
@@ -105,6 +110,8 @@ def _play_shard(env_factory: Callable[[], Any], config: GenerateConfig, shard: i
         "results": datasets.Value("string"), "outcomes": datasets.Value("string"), "dice": datasets.Value("float64"),
         "iou": datasets.Value("float64"), "terminated": datasets.Value("bool"), "truncated": datasets.Value("bool"),
         "episode_score": datasets.Value("float64"), "final_image": datasets.Image(),
+        "tool_names": datasets.Value("string"), "tool_texts": datasets.Value("string"),
+        "tool_has_image": datasets.Value("string"), "tool_images": datasets.Sequence(datasets.Image()),
     })
     shards = Path(out) / "shards"
     tmp = shards / f".tmp-{_shard_name(shard)}-{uuid.uuid4().hex[:8]}"
@@ -188,6 +195,12 @@ def load_trajectories(path: str | Path) -> "Any":
     """All complete shards of a trajectory folder as one `datasets.Dataset`, ordered by (episode, step)."""
     import datasets
 
+    meta = Path(path) / "meta.json"
+    if meta.is_file():
+        version = json.loads(meta.read_text()).get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ConfigError(f"{meta}: trajectories of schema version {version}; this medagent reads version "
+                              f"{SCHEMA_VERSION} (regenerate them with `medagent trajectories generate`)")
     shards = sorted((Path(path) / "shards").glob("shard-*"))
     if not shards:
         raise ConfigError(f"{path} has no trajectory shards (expected {Path(path) / 'shards' / 'shard-00000'})")

@@ -21,7 +21,6 @@ model.safetensors), or an official SAM / MedSAM `.pth` read with `torch.load(wei
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 import warnings

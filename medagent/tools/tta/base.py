@@ -23,7 +23,7 @@ import json
 import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -469,6 +469,8 @@ class AdaptiveTool(Tool):
     name: ClassVar[str] = "adaptive"
     kind: ClassVar[ToolKind] = ToolKind.ADAPTIVE
     needs_bn: ClassVar[bool] = True
+    #: Adapts across calls: the env resets it at every episode and forks restore it (`medagent.envs.episode`).
+    stateful: ClassVar[bool] = True
 
     def __init__(self, source: SourceModel, config: Any) -> None:
         if self.needs_bn:
@@ -534,7 +536,7 @@ class AdaptiveTool(Tool):
         """{"tensors": {name: Tensor}, "meta": JSON-able dict}: everything needed to resume the stream."""
         meta = {"method": self.name, "config": asdict(self.config), "images_seen": self.images_seen,
                 "skipped": self.skipped, "image_size": self._image_size, "generator": self.generator.get_state().tolist(), **self._state_meta()}
-        return {"tensors": {k: v.detach().cpu().contiguous() for k, v in self._state_tensors().items()}, "meta": meta}
+        return {"tensors": {k: v.detach().cpu().clone() for k, v in self._state_tensors().items()}, "meta": meta}  # clone: a snapshot, not a view of live weights
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from `state_dict()` output (the config must match this tool's)."""

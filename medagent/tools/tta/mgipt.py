@@ -34,7 +34,6 @@ are pushed apart by 2 (`distinct_global_sides`) so the three scales stay differe
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, replace
 from typing import Any
 

@@ -1,0 +1,55 @@
+"""The regions of a mask as text a policy can read and act on: each connected region's box in the 0-999
+frame and its area, ranked the way instructions rank targets (centroid nearest the top-left corner first,
+as `medagent.envs.targets` orders instances).
+
+    describe_regions(mask, max_regions=3, min_area=8)
+    -> " in 2 regions, nearest the top-left first: [102, 240, 187, 330] 0.9%; [640, 512, 701, 580] 0.4%"
+
+A policy that cannot regress boxes from pixels can copy one of these boxes into `add_bbox` to isolate the
+region it wants; a large VLM reads the same text.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from medagent.envs.coords import convert_coords
+
+
+def region_boxes(mask: np.ndarray, min_area: int = 8) -> list[tuple[list[int], float]]:
+    """Connected regions of a bool (H, W) mask with >= `min_area` pixels, nearest the top-left first:
+    [(box [x1, y1, x2, y2] in the 0-999 frame, area as a percentage of the image)]."""
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return []
+    h, w = mask.shape
+    found = []
+    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+        region = labels[sl] == k
+        area = int(region.sum())
+        if area < min_area:
+            continue
+        ys, xs = np.nonzero(region)
+        ys, xs = ys + sl[0].start, xs + sl[1].start
+        box = convert_coords([xs.min(), ys.min(), xs.max(), ys.max()], w, h, to="frame").tolist()
+        found.append((float(np.hypot(ys.mean(), xs.mean())), box, 100.0 * area / mask.size))
+    found.sort(key=lambda r: r[0])
+    return [(box, pct) for _, box, pct in found]
+
+
+def describe_regions(mask: np.ndarray, max_regions: int = 3, min_area: int = 8) -> str:
+    """Text listing the first `max_regions` regions (module docstring); "" when there are none or max_regions is 0."""
+    if max_regions <= 0:
+        return ""
+    regions = region_boxes(mask, min_area)
+    if not regions:
+        return ""
+    shown = regions[:max_regions]
+    items = "; ".join(f"[{b[0]}, {b[1]}, {b[2]}, {b[3]}] {pct:.1f}%" for b, pct in shown)
+    if len(regions) == 1:
+        return f" in 1 region: {items}"
+    head = f" in {len(regions)} regions, nearest the top-left first"
+    if len(regions) > len(shown):
+        head += f" (the first {len(shown)})"
+    return f"{head}: {items}"
