@@ -307,6 +307,9 @@ def run_sft(config: SFTRunConfig) -> Path:
     trainer = SFTTrainer(model=model, args=trl_args(cfg, out), train_dataset=train, eval_dataset=evaluation,
                          processing_class=processor, data_collator=make_collator(processor, cfg),
                          callbacks=[_metrics_callback(out / "metrics.jsonl")])
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # raw log dicts go to metrics.jsonl (and the progress bar), not stdout
     trainer.train(resume_from_checkpoint=True if cfg.resume else None)
     if evaluation is not None:
         trainer.evaluate()
