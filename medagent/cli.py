@@ -428,24 +428,66 @@ def _parse_sets(items: Optional[List[str]]) -> dict:
 
 @train_app.command("sft")
 def train_sft_cmd(
-    data: Path = typer.Option(..., help="A TRL export from `medagent trajectories export` (datasets on disk)."),
-    model: Optional[str] = typer.Option(None, help="A local VLM folder (e.g. Qwen3-VL); default: the tiny offline VLM."),
+    data: Optional[List[str]] = typer.Option(None, help="TRL export folder(s) from `medagent trajectories export` "
+                                             "(repeat for several; optional with --stage grounding)."),
+    stage: str = typer.Option("trajectories", help="trajectories (multi-turn episodes) or grounding (image + "
+                              "instruction -> one add_bbox with the target's box, drawn from the builtin train splits)."),
+    model: Optional[str] = typer.Option(None, help="A local VLM folder (e.g. Qwen3-VL, or an earlier stage's model/); "
+                                        "default: the tiny offline VLM."),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps (default: one epoch)."),
+    lora: bool = typer.Option(False, help="Train LoRA adapters (peft) and merge them into model/ at the end."),
     out: Optional[str] = typer.Option(None, help="Run folder."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in the run folder (needs --out)."),
     seed: int = typer.Option(0, help="Seed."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any other SFTRunConfig field: --set learning_rate=1e-4."),
 ) -> None:
-    """Supervised fine-tuning of the policy on exported trajectories (TRL SFTTrainer, assistant-only loss)."""
+    """Supervised fine-tuning of the policy (TRL SFTTrainer, assistant-only loss, tools through the chat template)."""
     from medagent.train.launch import config_from
     from medagent.train.sft import SFTRunConfig, run_sft
 
     def run():
-        values = {"data": str(data), "model": model, "out_dir": out, "seed": seed}
+        values = {"data": [str(d) for d in data or []], "stage": stage, "model": model, "out_dir": out, "seed": seed,
+                  "lora": lora, "resume": resume, "progress": True}
         if steps is not None:
             values["max_steps"] = steps
         config = config_from(SFTRunConfig, values, _parse_sets(set_))
         folder = run_sft(config)
-        _console().print(f"SFT run folder: {folder}")
+        _console().print(f"SFT run folder: {folder} (policy in {folder / 'model'})")
+
+    _run_guarded(run)
+
+
+@train_app.command("grpo")
+def train_grpo_cmd(
+    model: Optional[str] = typer.Option(None, help="The policy to start from (an SFT run's model/ folder, or a local "
+                                        "Qwen3-VL); default: the tiny random VLM (for smoke tests only)."),
+    dataset: str = typer.Option("mni-lesion", help="Builtin dataset of the training env."),
+    data: Optional[Path] = typer.Option(None, help="A dataset folder instead of --dataset."),
+    split: str = typer.Option("train", help="Split the prompts come from."),
+    prompts: Optional[int] = typer.Option(256, help="Prompt rows (case, target) drawn from the split."),
+    steps: int = typer.Option(20, help="Optimisation steps."),
+    generations: int = typer.Option(4, help="Rollouts per prompt (the GRPO group)."),
+    image_size: int = typer.Option(224, help="Policy image side, pixels."),
+    max_turns: int = typer.Option(5, help="Env turns (= TRL's max_tool_calling_iterations)."),
+    lora: bool = typer.Option(False, help="Train LoRA adapters (peft), merged into model/ at the end."),
+    out: Optional[str] = typer.Option(None, help="Run folder."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in the run folder (needs --out)."),
+    seed: int = typer.Option(0, help="Seed."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any other GRPORunConfig field: --set beta=0.04, "
+                                             "--set 'term_weights={\"overshoot\": 0.5}'."),
+) -> None:
+    """RLVR in the environment: TRL GRPOTrainer, rollouts through the env's TRL adapter, verifiable rewards."""
+    from medagent.train.grpo import GRPORunConfig, run_grpo
+    from medagent.train.launch import config_from
+
+    def run():
+        env = _env_settings(dataset, data, split, max_turns, image_size)
+        values = {"model": model, "env": env, "prompts": prompts, "max_steps": steps, "num_generations": generations,
+                  "per_device_train_batch_size": generations, "lora": lora, "out_dir": out, "resume": resume,
+                  "seed": seed}
+        config = config_from(GRPORunConfig, values, _parse_sets(set_))
+        folder = run_grpo(config)
+        _console().print(f"GRPO run folder: {folder} (policy in {folder / 'model'})")
 
     _run_guarded(run)
 
@@ -458,8 +500,10 @@ def eval_agent(
     split: str = typer.Option("test", help="Split episodes come from."),
     episodes: int = typer.Option(20, help="Episodes per agent (the same episodes for every agent)."),
     model: Optional[str] = typer.Option(None, help="Policy folder for the 'vlm' agent."),
+    policy: str = typer.Option("shipped", help="The 'policy' agent's model: 'shipped' (medagent/weights/policy-tiny) "
+                               "or a local VLM folder."),
     max_turns: int = typer.Option(5, help="Turns before truncation."),
-    image_size: int = typer.Option(512, help="Policy image side, pixels."),
+    image_size: int = typer.Option(224, help="Policy image side, pixels (the shipped policy was trained at 224)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also copy results JSON here."),
     seed: int = typer.Option(0, help="Seed."),
     runs_dir: Path = typer.Option(Path("medagent-runs"), help="Where run folders go."),
@@ -472,6 +516,7 @@ def eval_agent(
         if "vlm" in names and model is None:
             _fail("the vlm agent needs --model FOLDER")
         kwargs = {"vlm": {"model": model}} if model else {}
+        kwargs["policy"] = {"policy": policy}
         path, df = run_agent_eval(_env_settings(dataset, data, split, max_turns, image_size), names, episodes=episodes,
                                   seed=seed, agent_kwargs=kwargs, json_out=str(json_out) if json_out else None,
                                   run_root=str(runs_dir))

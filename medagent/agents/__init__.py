@@ -8,6 +8,7 @@
 from medagent.agents.base import Agent, EpisodeResult, Step, run_episode
 from medagent.agents.baselines import AutoAgent, MeanBoxAgent, OracleBoxAgent, RandomAgent
 from medagent.agents.expert import ExpertAgent, ExpertConfig, interior_point, largest_error_regions
+from medagent.agents.regions import BlobAgent, RegionExpertAgent, instruction_rank
 from medagent.errors import ConfigError
 
 class BoxExpertAgent(ExpertAgent):
@@ -26,24 +27,36 @@ AGENTS = {
     "mean-box": MeanBoxAgent,
     "auto": AutoAgent,
     "random": RandomAgent,
+    "expert-regions": RegionExpertAgent,
+    "blob": BlobAgent,
 }
 
 
 def make_agent(name: str, **kwargs) -> Agent:
-    """Build an agent by name: one of `AGENTS`, or "vlm" (a VLM policy; kwargs: model=folder, ...).
+    """Build an agent by name: one of `AGENTS`, "vlm" (a VLM policy; kwargs: model=folder, ...) or "policy" (the
+    trained policy; kwargs: policy="shipped" for `medagent/weights/policy-tiny`, or a local model folder).
 
-    The VLM agent is imported only when asked for, since transformers is slow to import.
+    The VLM agents are imported only when asked for, since transformers is slow to import.
     """
-    if name == "vlm":
+    if name in ("vlm", "policy"):
         from medagent.agents.vlm import VLMPolicyAgent
 
-        return VLMPolicyAgent(**kwargs)
+        if name == "policy":
+            policy = kwargs.pop("policy", "shipped")
+            if policy in (None, "shipped"):
+                from medagent.weights import weights_path
+
+                policy = weights_path("policy-tiny")
+            kwargs["model"] = policy
+        agent = VLMPolicyAgent(**kwargs)
+        agent.name = name
+        return agent
     if name not in AGENTS:
-        raise ConfigError(f"unknown agent {name!r}; choose from {', '.join([*AGENTS, 'vlm'])}")
+        raise ConfigError(f"unknown agent {name!r}; choose from {', '.join([*AGENTS, 'vlm', 'policy'])}")
     return AGENTS[name](**kwargs)
 
 
 __all__ = [
-    "AGENTS", "Agent", "AutoAgent", "BoxExpertAgent", "EpisodeResult", "ExpertAgent", "ExpertConfig", "MeanBoxAgent", "OracleBoxAgent",
+    "AGENTS", "Agent", "AutoAgent", "BlobAgent", "BoxExpertAgent", "RegionExpertAgent", "instruction_rank", "EpisodeResult", "ExpertAgent", "ExpertConfig", "MeanBoxAgent", "OracleBoxAgent",
     "RandomAgent", "Step", "interior_point", "largest_error_regions", "make_agent", "run_episode",
 ]

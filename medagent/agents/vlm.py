@@ -74,7 +74,7 @@ class TinyVLMConfig:
         seed: seed of the tokenizer corpus and of the random weights.
     """
 
-    vocab_size: int = 1024
+    vocab_size: int = 2048
     hidden_size: int = 64
     intermediate_size: int = 128
     num_layers: int = 2
@@ -126,7 +126,8 @@ def corpus_texts(seed: int = 0, n_calls: int = 400, extra: Iterable[str] = ()) -
     from medagent.envs import AUTO_MODELS, FINAL_ANSWER, POINT_TYPES, SYSTEM_PROMPT, format_call, tool_schema
 
     rng = random.Random(seed)
-    texts = [SYSTEM_PROMPT, FINAL_ANSWER, *(json.dumps(t) for t in tool_schema())]
+    # The system turn with the tools block is in every prompt: repeated, BPE merges it into ~100 tokens.
+    texts = [system_block()] * 20 + [SYSTEM_PROMPT, FINAL_ANSWER, *(json.dumps(t) for t in tool_schema())]
     names = ("lesion", "white matter", "grey matter", "brain", "nucleus", "nuclei", "syringe", "phantom",
              "ellipse", "square", "disk", "skull", "ventricle", "tumour", "organ", "cell", "vessel")
     for name in names:
@@ -162,7 +163,19 @@ def corpus_texts(seed: int = 0, n_calls: int = 400, extra: Iterable[str] = ()) -
     return texts
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int = 1024) -> Any:
+def system_block() -> str:
+    """The system turn as the chat template renders it with every tool (`SYSTEM_PROMPT` + the tools block)."""
+    import jinja2
+
+    from medagent.envs import ConversationRenderer
+
+    renderer = ConversationRenderer()
+    template = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    template.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
+    return template.from_string(qwen3_vl_chat_template()).render(messages=[renderer.system_message()], tools=renderer.tools)
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 2048) -> Any:
     """A byte-level BPE tokenizer trained on `texts`, wrapped for transformers (`PreTrainedTokenizerFast`).
 
     Qwen's control tokens are special tokens; the `<tool_call>`-style tags are whole, non-special tokens, and
@@ -174,7 +187,8 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 1024) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # No regex pre-split: merges may span words, so the long fixed texts (the tools block) compress to few tokens.
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -283,7 +297,9 @@ def load_vlm(path: str | Path, device: str | None = None) -> tuple[Any, Any]:
         raise CheckpointError(f"{path} is not a saved VLM folder (no config.json); build one with save_tiny_vlm")
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True)
+        # float32 on the CPU whatever the stored dtype (shipped tiny weights are float16 to halve their size)
+        dtype = None if (device or "").startswith("cuda") else "float32"
+        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot load the VLM in {path}: {str(exc).splitlines()[0]}") from exc
     if device:
@@ -364,7 +380,7 @@ class VLMPolicyAgent(Agent):
         tok.padding_side = "left"
         try:
             inputs = self.renderer.render(self.processor, conversations, add_generation_prompt=True, return_tensors="pt",
-                                          padding=len(conversations) > 1)
+                                          processor_kwargs={"padding": len(conversations) > 1})
         finally:
             tok.padding_side = side
         device = next(self.model.parameters()).device
@@ -423,3 +439,12 @@ def play_batched(envs: Sequence[Any], agent: VLMPolicyAgent, seeds: Sequence[int
     for i, result in enumerate(results):
         result.final_observation = observations[i]
     return results
+
+
+def policy_config(seed: int = 0) -> TinyVLMConfig:
+    """The shape of the shipped tiny policy (about 2 M parameters): text decoder 4 x 128, vision tower 2 x 64,
+    224 x 224 images (49 image tokens each)."""
+    return TinyVLMConfig(hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+                         mrope_section=(4, 6, 6), vision_hidden_size=64, vision_intermediate_size=128, vision_depth=2,
+                         vision_heads=2, deepstack_visual_indexes=(1,), num_position_embeddings=196,
+                         min_pixels=224 * 224, max_pixels=224 * 224, seed=seed)

@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 LANGUAGE_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
-ALL_TARGETS = LANGUAGE_TARGETS[:-1] + r"|attn\.(qkv|proj)|mlp\.linear_fc(1|2)|merger\.linear_fc(1|2))"
+VISION_TARGETS = r".*visual\.(blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc(1|2))|merger\.linear_fc(1|2))"
+ALL_TARGETS = f"({LANGUAGE_TARGETS})|({VISION_TARGETS})"
 
 
 def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: Sequence[str] | str | None = None) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 
-def progress_callback(title: str, total_steps: int, keys: Sequence[str] = ("loss",)) -> Any:
+def progress_callback(title: str, total_steps: int | None, keys: Sequence[str] = ("loss",)) -> Any:
     """A transformers `TrainerCallback` showing a rich progress bar with the latest value of each of `keys`."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers import TrainerCallback
@@ -20,7 +20,7 @@ def progress_callback(title: str, total_steps: int, keys: Sequence[str] = ("loss
                 self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[values]}"))
                 self.bar.start()
-                self.task = self.bar.add_task(title, total=total_steps, completed=state.global_step, values="")
+                self.task = self.bar.add_task(title, total=total_steps or state.max_steps, completed=state.global_step, values="")
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
             if self.bar is not None and logs:

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from medagent.agents.vlm import TinyVLMConfig, build_tiny_vlm, load_vlm, save_vlm
 from medagent.errors import ConfigError, DataError
+from medagent.trajectories.prompts import GroundingConfig
 
 
 @dataclass
@@ -38,7 +39,14 @@ class SFTRunConfig:
     """One SFT run. Defaults run on a CPU in seconds with the tiny VLM.
 
     Attributes:
-        data: export folder (`medagent trajectories export --format trl`), or a single saved `datasets.Dataset`.
+        data: export folder (`medagent trajectories export --format trl`) or a single saved `datasets.Dataset`;
+            several folders (a list, or comma-separated text) are concatenated split by split.
+        stage: "trajectories" (multi-turn episodes from `data`) or "grounding" (single-turn rows image +
+            instruction -> add_bbox with the target's box, `medagent.trajectories.prompts`); with "grounding"
+            and no `data`, the rows are drawn per `grounding` into `<run>/grounding-data` (reused on resume).
+        grounding: which grounding rows to draw (stage "grounding" without `data`).
+        lora: train LoRA adapters (peft) instead of all weights; `model/` holds the merged model, `adapter/`
+            the adapters alone. lora_r / lora_alpha / lora_dropout / lora_target_modules: see `medagent.train.lora`.
         model: a saved VLM folder (`save_tiny_vlm`, an earlier run's `model/`, or a Hugging Face model saved
             locally); None builds the tiny Qwen3-VL from `tiny`.
         tiny: shape of the tiny VLM when `model` is None.
@@ -62,9 +70,17 @@ class SFTRunConfig:
         report_to: "none", "tensorboard" or "wandb".
         num_threads: torch CPU threads (None leaves torch's setting).
         seed: seed of data order and initialisation.
+        progress: show a rich progress bar (loss) while training.
     """
 
-    data: str = ""
+    data: str | list[str] = ""
+    stage: str = "trajectories"
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] | None = None
     model: str | None = None
     tiny: TinyVLMConfig = field(default_factory=TinyVLMConfig)
     out_dir: str | None = None
@@ -89,12 +105,22 @@ class SFTRunConfig:
     report_to: str = "none"
     num_threads: int | None = None
     seed: int = 0
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.tiny, dict):
             self.tiny = TinyVLMConfig(**self.tiny)
-        if not self.data:
+        if isinstance(self.grounding, dict):
+            self.grounding = GroundingConfig(**self.grounding)
+        if isinstance(self.data, str):
+            self.data = [d.strip() for d in self.data.split(",") if d.strip()]
+        self.data = [str(d) for d in self.data]
+        if self.stage not in ("trajectories", "grounding"):
+            raise ConfigError(f"SFTRunConfig.stage must be 'trajectories' or 'grounding', got {self.stage!r}")
+        if not self.data and self.stage != "grounding":
             raise ConfigError("SFTRunConfig.data must name an export folder (medagent trajectories export --format trl)")
+        if self.lora_target_modules is not None and not isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = tuple(self.lora_target_modules)
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"SFTRunConfig.max_steps must be > 0 or -1, got {self.max_steps}")
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
@@ -181,7 +207,7 @@ class ConversationCollator:
         return output
 
 
-def _load_data(path: str, split: str, eval_split: str | None) -> tuple[Any, Any]:
+def _load_one(path: str, split: str, eval_split: str | None) -> tuple[Any, Any]:
     import datasets
 
     if not Path(path).exists():
@@ -202,6 +228,17 @@ def _load_data(path: str, split: str, eval_split: str | None) -> tuple[Any, Any]
         raise DataError(f"SFT data {path} lacks column(s) {sorted(missing)}; expected TRL's VLM messages + images")
     if len(train) == 0:
         raise DataError(f"SFT data {path} split {split!r} is empty")
+    return train.select_columns(["messages", "images"]), None if evaluation is None else evaluation.select_columns(["messages", "images"])
+
+
+def _load_data(paths: list[str], split: str, eval_split: str | None) -> tuple[Any, Any]:
+    """Train (and eval) rows of every folder in `paths`, concatenated (columns messages + images)."""
+    import datasets
+
+    loaded = [_load_one(p, split, eval_split) for p in paths]
+    train = datasets.concatenate_datasets([t for t, _ in loaded]) if len(loaded) > 1 else loaded[0][0]
+    evals = [e for _, e in loaded if e is not None]
+    evaluation = (datasets.concatenate_datasets(evals) if len(evals) > 1 else evals[0]) if evals else None
     return train, evaluation
 
 
@@ -294,8 +331,16 @@ def run_sft(config: SFTRunConfig) -> Path:
     out = Path(cfg.out_dir) if cfg.out_dir else Path("medagent-runs") / f"sft-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     if cfg.resume and not any((out / "checkpoints").glob("checkpoint-*")):
         raise ConfigError(f"resume=True but {out / 'checkpoints'} has no checkpoint")
-    train, evaluation = _load_data(cfg.data, cfg.train_split, cfg.eval_split)
     out.mkdir(parents=True, exist_ok=True)
+    paths = list(cfg.data)
+    if not paths:  # stage "grounding" without data: draw the rows into the run folder once
+        from medagent.trajectories.prompts import save_grounding
+
+        rows = out / "grounding-data"
+        if not (rows / "dataset_dict.json").exists():
+            save_grounding(cfg.grounding, str(rows))
+        paths = [str(rows)]
+    train, evaluation = _load_data(paths, cfg.train_split, cfg.eval_split)
     (out / "config.json").write_text(json.dumps(_jsonable(dataclasses.asdict(cfg)), indent=2) + "\n")
     (out / "versions.json").write_text(json.dumps(_versions(cfg.seed), indent=2, default=str) + "\n")
 
@@ -304,9 +349,17 @@ def run_sft(config: SFTRunConfig) -> Path:
         model.train()
     else:
         model, processor = build_tiny_vlm(cfg.tiny)
+    from medagent.train.lora import lora_config, merge_lora
+    from medagent.train.progress import progress_callback
+
+    peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules) if cfg.lora else None
+    callbacks = [_metrics_callback(out / "metrics.jsonl")]
+    if cfg.progress:
+        total = cfg.max_steps if cfg.max_steps > 0 else None
+        callbacks.append(progress_callback(f"SFT ({cfg.stage})", total, ("loss",)))
     trainer = SFTTrainer(model=model, args=trl_args(cfg, out), train_dataset=train, eval_dataset=evaluation,
                          processing_class=processor, data_collator=make_collator(processor, cfg),
-                         callbacks=[_metrics_callback(out / "metrics.jsonl")])
+                         peft_config=peft_config, callbacks=callbacks)
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # raw log dicts go to metrics.jsonl (and the progress bar), not stdout
@@ -314,5 +367,7 @@ def run_sft(config: SFTRunConfig) -> Path:
     if evaluation is not None:
         trainer.evaluate()
     if cfg.save_model:
-        save_vlm(trainer.model, processor, out / "model")
+        if cfg.lora:
+            trainer.model.save_pretrained(out / "adapter")
+        save_vlm(merge_lora(trainer.model) if cfg.lora else trainer.model, processor, out / "model")
     return out
