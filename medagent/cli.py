@@ -492,6 +492,26 @@ def train_grpo_cmd(
     _run_guarded(run)
 
 
+@train_app.command("policy")
+def train_policy_cmd(
+    out: str = typer.Option("medagent-runs/policy", help="Recipe folder (rerun the same command to continue)."),
+    ship_it: bool = typer.Option(False, "--ship", help="Copy the final policy into medagent/weights/policy-tiny."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any PolicyRecipeConfig field: --set sft_steps=800."),
+) -> None:
+    """The shipped policy's whole recipe: expert trajectories -> grounding SFT -> trajectory SFT -> GRPO."""
+    from medagent.train.launch import config_from
+    from medagent.train.policy_recipe import PolicyRecipeConfig, run_recipe, ship
+
+    def run():
+        config = config_from(PolicyRecipeConfig, {"out_dir": out}, _parse_sets(set_))
+        final = run_recipe(config)
+        _console().print(f"policy: {final}")
+        if ship_it:
+            _console().print(f"shipped: {ship(config)}")
+
+    _run_guarded(run)
+
+
 @eval_app.command("agent")
 def eval_agent(
     agents: str = typer.Option("expert,oracle-box,mean-box,auto,random", help="Comma-separated agent names."),

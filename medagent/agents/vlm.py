@@ -442,9 +442,9 @@ def play_batched(envs: Sequence[Any], agent: VLMPolicyAgent, seeds: Sequence[int
 
 
 def policy_config(seed: int = 0) -> TinyVLMConfig:
-    """The shape of the shipped tiny policy (about 2 M parameters): text decoder 4 x 128, vision tower 2 x 64,
-    224 x 224 images (49 image tokens each)."""
+    """The shape of the shipped tiny policy (about 1.7 M parameters): text decoder 4 x 128, vision tower 2 x 64,
+    128 x 128 images (16 image tokens each: the policy reads boxes from tool answers more than pixels)."""
     return TinyVLMConfig(hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
                          mrope_section=(4, 6, 6), vision_hidden_size=64, vision_intermediate_size=128, vision_depth=2,
-                         vision_heads=2, deepstack_visual_indexes=(1,), num_position_embeddings=196,
-                         min_pixels=224 * 224, max_pixels=224 * 224, seed=seed)
+                         vision_heads=2, deepstack_visual_indexes=(1,), num_position_embeddings=64,
+                         min_pixels=128 * 128, max_pixels=128 * 128, seed=seed)

@@ -59,7 +59,7 @@ class EnvConfig:
     adapt_tool: str = "mgipt"
     n_references: int = 1
     load_tools: bool = True
-    max_regions: int = 3
+    max_regions: int = 5
     region_min_area: int = 8
 
     def __post_init__(self) -> None:

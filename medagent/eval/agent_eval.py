@@ -10,6 +10,9 @@ oracle box) are flagged in the table so nobody mistakes them for policies.
 
 from __future__ import annotations
 
+import json
+import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -17,14 +20,17 @@ import numpy as np
 
 def evaluate_agents(env_settings: dict[str, Any], agents: list[str], episodes: int = 20, seed: int = 0,
                     agent_kwargs: dict[str, dict[str, Any]] | None = None, tools: dict[str, Any] | None = None) -> Any:
-    """One row per (agent, episode): dataset, case, subject, instruction, dice, iou, turns, episode_score, oracle.
+    """One row per (agent, episode): dataset, case, subject, instruction, dice, iou, turns, episode_score, oracle,
+    calls, invalid (calls the parser or validator rejected), failed (tool errors), format_failed (the episode
+    ended on a message with no parseable call), tool_counts (JSON: tool name -> calls), seconds (wall time).
 
     Args:
         env_settings: `EnvConfig` fields (dataset, split, image_size, max_turns, ...).
         agents: agent names (`medagent.agents.make_agent`).
         episodes: episodes per agent.
         seed: base seed; episode i uses the same seed for every agent.
-        agent_kwargs: per-agent keyword arguments (e.g. {"vlm": {"model": "..."}}).
+        agent_kwargs: per-agent keyword arguments (e.g. {"vlm": {"model": "..."}}); an entry's "agent" key makes
+            the name a label for another agent (e.g. {"sft": {"agent": "policy", "policy": "runs/sft/model"}}).
         tools: tool objects to use instead of the registry (see `InteractiveSegEnv(tools=...)`).
     """
     import pandas as pd
@@ -36,15 +42,23 @@ def evaluate_agents(env_settings: dict[str, Any], agents: list[str], episodes: i
     seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(episodes)]
     rows = []
     for name in agents:
-        agent = make_agent(name, **(agent_kwargs or {}).get(name, {}))
+        kwargs = dict((agent_kwargs or {}).get(name, {}))
+        agent = make_agent(kwargs.pop("agent", name), **kwargs)
         for index, episode_seed in enumerate(seeds):
+            start = time.perf_counter()
             result = run_episode(env, agent, seed=episode_seed)
+            seconds = time.perf_counter() - start
             episode = env.unwrapped.episode
+            records = episode.trace.calls
             rows.append({
                 "agent": name, "dataset": env.dataset.info.name, "episode": index, "case_id": episode.case.id,
                 "subject": episode.case.subject, "instruction": result.reset_info.get("instruction", ""),
                 "dice": result.dice, "iou": result.iou, "turns": result.turns, "episode_score": result.score,
                 "oracle": bool(getattr(agent, "uses_ground_truth", False)),
+                "calls": len(records), "invalid": sum(r.outcome == "invalid" for r in records),
+                "failed": sum(r.outcome == "failed" for r in records), "format_failed": bool(episode.trace.format_failed),
+                "tool_counts": json.dumps(dict(Counter(r.name or "?" for r in records)), sort_keys=True),
+                "seconds": seconds,
             })
     env.close()
     return pd.DataFrame(rows)

@@ -1,0 +1,223 @@
+"""The shipped tiny policy's recipe: expert trajectories -> grounding SFT -> trajectory SFT -> GRPO -> ship.
+
+    medagent train policy --out medagent-runs/policy        # resumable: rerun the same command after a stop
+    medagent train policy --out medagent-runs/policy --ship # and copy the result into medagent/weights/policy-tiny
+
+Every stage writes into `out_dir` and is skipped when its output is complete, so an interrupted recipe continues
+where it stopped (trajectory shards and trainer checkpoints are step-exact). Every stop step is a field of
+`PolicyRecipeConfig`, so the model card's command reproduces the shipped policy step for step.
+
+Stages (`out_dir/...`):
+    traj/<dataset>-<seed>/   expert trajectories (`RegionExpertAgent`) on the training split of each dataset,
+                             procedural datasets drawn with several dataset seeds (new lesions per seed)
+    sft-data/<...>/          their TRL export (one example per episode)
+    grounding/               SFT stage "grounding" from a fresh tiny Qwen3-VL (`policy_config`)
+    sft/                     SFT on the trajectories, from grounding/model
+    grpo/                    GRPO in the env (mni-lesion train split), from sft/model
+    timings.json             seconds per stage
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medagent.errors import ConfigError
+
+
+@dataclass
+class PolicyRecipeConfig:
+    """Every setting of the recipe (module docstring); the defaults are the shipped policy's.
+
+    Attributes:
+        out_dir: recipe folder.
+        datasets: builtin datasets the trajectories come from (training splits).
+        procedural_seeds: dataset seeds for procedural datasets (`medagent.trajectories.prompts.PROCEDURAL`).
+        episodes: expert episodes per (dataset, dataset seed).
+        image_size: the policy's image side, pixels (env observation and the VLM's image size).
+        max_turns: env turns.
+        expert: the agent that plays the trajectories.
+        grounding_rows / grounding_steps / grounding_lr: grounding stage.
+        sft_steps / sft_lr: trajectory SFT stage.
+        batch_size: SFT batch size.
+        grpo_dataset: the GRPO env's dataset (training split).
+        grpo_prompts / grpo_steps / grpo_lr / num_generations / grpo_batch_size / max_completion_length /
+            temperature / beta: GRPO stage (`GRPORunConfig`).
+        seed: seed of every stage.
+        num_threads: torch threads of the trainers.
+    """
+
+    out_dir: str = "medagent-runs/policy"
+    datasets: tuple[str, ...] = ("mni-lesion", "nuclei", "ct-phantom")
+    procedural_seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    episodes: int = 150
+    image_size: int = 128
+    max_turns: int = 5
+    expert: str = "expert-regions"
+    grounding_rows: int = 1500
+    grounding_steps: int = 150
+    grounding_lr: float = 2e-3
+    sft_steps: int = 600
+    sft_lr: float = 2e-3
+    batch_size: int = 8
+    grpo_dataset: str = "mni-lesion"
+    grpo_prompts: int = 256
+    grpo_steps: int = 40
+    grpo_lr: float = 2e-5
+    num_generations: int = 4
+    grpo_batch_size: int = 8
+    max_completion_length: int = 512
+    temperature: float = 1.0
+    beta: float = 0.0
+    seed: int = 0
+    num_threads: int | None = None
+    tiny: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.datasets = tuple(self.datasets)
+        self.procedural_seeds = tuple(int(s) for s in self.procedural_seeds)
+        if min(self.episodes, self.grounding_steps, self.sft_steps, self.grpo_steps) < 1:
+            raise ConfigError("PolicyRecipeConfig: episodes and every stage's steps must be >= 1")
+
+    def env(self, dataset: str, **more: Any) -> dict[str, Any]:
+        return {"dataset": dataset, "image_size": self.image_size, "max_turns": self.max_turns, **more}
+
+
+def _timed(timings: dict[str, float], name: str, path: Path, fn: Any) -> Any:
+    start = time.perf_counter()
+    result = fn()
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    path.write_text(json.dumps(timings, indent=2) + "\n")
+    return result
+
+
+def trajectory_sources(config: PolicyRecipeConfig) -> list[tuple[str, int]]:
+    """(dataset, dataset seed) pairs the trajectories are played on."""
+    from medagent.trajectories.prompts import PROCEDURAL
+
+    return [(name, s) for name in config.datasets for s in (config.procedural_seeds if name in PROCEDURAL else (0,))]
+
+
+def run_recipe(config: PolicyRecipeConfig) -> Path:
+    """Run (or continue) every stage; returns the folder of the final policy (`grpo/model`)."""
+    from medagent.agents.vlm import policy_config
+    from medagent.envs import InteractiveSegEnv
+    from medagent.train.grpo import GRPORunConfig, run_grpo
+    from medagent.train.sft import SFTRunConfig, run_sft
+    from medagent.trajectories import GenerateConfig, export_trl, generate
+    from medagent.trajectories.prompts import GroundingConfig
+
+    cfg = config
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    timings_path = out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    tiny = dataclasses.replace(policy_config(cfg.seed), **cfg.tiny)
+
+    exports = []
+    for name, dataset_seed in trajectory_sources(cfg):
+        traj, data = out / "traj" / f"{name}-{dataset_seed}", out / "sft-data" / f"{name}-{dataset_seed}"
+        exports.append(str(data))
+        if (data / "dataset_dict.json").exists():
+            continue
+        factory = functools.partial(InteractiveSegEnv, **cfg.env(name, dataset_seed=dataset_seed, split="train"))
+        game = GenerateConfig(agent=cfg.expert, episodes=cfg.episodes, seed=cfg.seed + dataset_seed, shard_size=50)
+
+        def play(factory=factory, traj=traj, data=data, game=game):
+            generate(factory, traj, game, resume=True, env_description={"dataset": str(traj.name)}, progress=True)
+            export_trl(traj, data, val_fraction=0.0)
+
+        _timed(timings, "trajectories", timings_path, play)
+
+    def sft(stage: str, folder: str, steps: int, lr: float, model: str | None, data: list[str]) -> Path:
+        run = out / folder
+        if (run / "model" / "config.json").exists():
+            return run
+        resume = any((run / "checkpoints").glob("checkpoint-*"))
+        grounding = GroundingConfig(datasets=cfg.datasets, rows=cfg.grounding_rows, dataset_seeds=cfg.procedural_seeds,
+                                    image_size=cfg.image_size, seed=cfg.seed)
+        run_config = SFTRunConfig(data=data, stage=stage, grounding=grounding, model=model, tiny=tiny, out_dir=str(run),
+                                  max_steps=steps, learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=min(50, steps // 10),
+                                  per_device_train_batch_size=cfg.batch_size, eval_split=None, save_steps=100,
+                                  resume=resume, num_threads=cfg.num_threads, seed=cfg.seed, progress=True,
+                                  logging_steps=10)
+        return _timed(timings, stage, timings_path, lambda: run_sft(run_config))
+
+    grounding = sft("grounding", "grounding", cfg.grounding_steps, cfg.grounding_lr, None, [])
+    tuned = sft("trajectories", "sft", cfg.sft_steps, cfg.sft_lr, str(grounding / "model"), exports)
+
+    rl = out / "grpo"
+    if not (rl / "model" / "config.json").exists():
+        resume = any((rl / "checkpoints").glob("checkpoint-*"))
+        grpo = GRPORunConfig(model=str(tuned / "model"), env=cfg.env(cfg.grpo_dataset, split="train"),
+                             prompts=cfg.grpo_prompts, out_dir=str(rl), max_steps=cfg.grpo_steps, learning_rate=cfg.grpo_lr,
+                             num_generations=cfg.num_generations, per_device_train_batch_size=cfg.grpo_batch_size,
+                             max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=cfg.beta,
+                             save_steps=10, resume=resume, num_threads=cfg.num_threads, seed=cfg.seed, logging_steps=1)
+        _timed(timings, "grpo", timings_path, lambda: run_grpo(grpo))
+    return rl / "model"
+
+
+def ship(config: PolicyRecipeConfig, name: str = "policy-tiny", version: str = "1") -> Path:
+    """Copy the recipe's final policy into `medagent/weights/<name>` (float16 weights), with a model card and
+    its manifest entry; returns the folder."""
+    import shutil
+
+    import torch
+
+    from medagent.agents.vlm import load_vlm, save_vlm
+    from medagent.weights import WEIGHTS_DIR, record_weights
+
+    out = Path(config.out_dir)
+    model, processor = load_vlm(out / "grpo" / "model")
+    dest = WEIGHTS_DIR / name
+    if dest.exists():
+        shutil.rmtree(dest)
+    save_vlm(model.to(torch.float16), processor, dest)
+    timings = json.loads((out / "timings.json").read_text())
+    params = sum(p.numel() for p in model.parameters())
+    defaults = dataclasses.asdict(PolicyRecipeConfig())
+    changed = {k: v for k, v in dataclasses.asdict(config).items() if k != "out_dir" and v != defaults[k]}
+    flags = " ".join(f"--set {k}={json.dumps(v)}" for k, v in changed.items())
+    (dest / "README.md").write_text(MODEL_CARD.format(
+        version=version, params=params, command=f"medagent train policy --out DIR {flags}".strip(),
+        recipe=json.dumps(dataclasses.asdict(config), indent=2), timings=json.dumps(timings, indent=2),
+        total=sum(timings.values()) / 60.0))
+    record_weights(name, "mni-lesion-v1+nuclei-v1+ct-phantom-v1", version=version)
+    return dest
+
+
+MODEL_CARD = """# policy-tiny
+
+The tiny vision-language policy shipped with medagent (embedded default; offline, CPU). Manifest version {version}.
+A Qwen3-VL architecture built from a config ({params} parameters, float16 here; loaded as float32 on a CPU) with a
+tokenizer trained on medagent's own text (every integer 0-999 one token).
+
+- What it does: calls `auto_segment`, reads the regions the tool answer lists (boxes in the 0-999 frame, nearest
+  the top-left first), prompts SAM with the box of the region the instruction asks for, and stops.
+- Recipe (`medagent.train.policy_recipe`, every stage resumable and step-exact):
+  `{command}` then `--ship`. Stages: expert trajectories (`expert-regions`) -> grounding SFT -> trajectory SFT ->
+  GRPO in the env (mni-lesion train split).
+- Full recipe configuration:
+
+```json
+{recipe}
+```
+
+- Seconds per stage on a 2-core CPU ({total:.1f} minutes in all):
+
+```json
+{timings}
+```
+
+- Evaluation: `python bench/bench_policy.py` (test splits, paired episodes; numbers in docs/policy.md).
+- Limits: trained on synthetic and template-derived data with the shipped tiny tools; it chooses among the
+  regions an automatic segmenter proposes, so it cannot find a target the segmenter misses. A demonstration
+  policy, not a clinical one.
+"""
