@@ -97,7 +97,7 @@ def run_demo(out_root: str | Path = "medagent-runs", quick: bool = False, consol
         ("5. Contour refiner: coarse masks (perturbed ground truth) before and after refinement", _refiner_section),
         ("6. Continual test-time adaptation over a multi-centre stream (nuclei)", _ctta_section),
         ("7. Agents in the interactive environment (mni-lesion, the same episodes for every agent)", _agents_section),
-        ("8. The policy loop: expert trajectories -> TRL SFT of a tiny VLM -> the policy plays", _policy_section),
+        ("8. The policy: the shipped tiny VLM policy, then the loop (trajectories -> SFT -> GRPO -> play)", _policy_section),
     ]
     for title, section in sections:
         console.rule(f"[bold]{title}")
@@ -173,26 +173,49 @@ def _policy_section(run: Any, console: Any, quick: bool, seed: int) -> None:
     import datasets
 
     from medagent.envs import InteractiveSegEnv
+    from medagent.errors import CheckpointError
     from medagent.eval.agent_eval import agents_table, evaluate_agents
+    from medagent.train.grpo import GRPORunConfig, run_grpo
     from medagent.train.sft import SFTRunConfig, run_sft
     from medagent.trajectories import GenerateConfig, export_trl, generate
+    from medagent.weights import weights_path
 
     datasets.disable_progress_bars()
+    test = {"dataset": "mni-lesion", "split": "test", "image_size": 128}
+    try:
+        shipped = weights_path("policy-tiny")
+    except CheckpointError as exc:
+        console.print(f"  [yellow]skipped[/] the shipped policy: {exc}")
+        shipped = None
+    if shipped is not None:
+        df = evaluate_agents(test, ["policy", "mean-box", "auto", "expert-regions"], episodes=8 if quick else 30, seed=seed)
+        df.to_parquet(run.path / "policy.parquet")
+        console.print(agents_table(df, title="The shipped tiny policy (grounding -> SFT -> GRPO) against baselines, "
+                                             "same episodes; expert-regions is its teacher (reads GT)"))
+    # The loop itself, small: expert trajectories -> SFT -> GRPO -> the policy plays.
     settings = {"dataset": "mni-lesion", "split": "train", "image_size": 128}
-    episodes = 8 if quick else 32
+    episodes = 8 if quick else 24
     trajectories = generate(functools.partial(InteractiveSegEnv, **settings), run.path / "trajectories",
-                            GenerateConfig(agent="expert", episodes=episodes, seed=seed, shard_size=8), env_description=settings)
+                            GenerateConfig(agent="expert-regions", episodes=episodes, seed=seed, shard_size=8),
+                            env_description=settings)
     export_trl(trajectories, run.path / "sft-data", val_fraction=0.0)
-    steps = 10 if quick else 150
-    sft_dir = run_sft(SFTRunConfig(data=str(run.path / "sft-data"), out_dir=str(run.path / "sft"), max_steps=steps,
-                                   num_threads=1, seed=seed))
-    losses = [json.loads(line).get("loss") for line in (sft_dir / "metrics.jsonl").read_text().splitlines()]
-    losses = [v for v in losses if v is not None]
-    console.print(f"  {episodes} expert episodes -> SFT of the tiny offline VLM for {steps} steps: "
-                  f"loss {losses[0]:.2f} -> {losses[-1]:.2f}" if losses else f"  SFT run in {sft_dir}")
-    df = evaluate_agents({"dataset": "mni-lesion", "split": "test", "image_size": 128}, ["vlm"], episodes=2 if quick else 8,
-                         seed=seed, agent_kwargs={"vlm": {"model": str(sft_dir / "model")}})
-    console.print(agents_table(df, title="The fine-tuned tiny policy (a pipeline check on a 0.3 M-parameter model, not a result)"))
+    steps = 10 if quick else 40
+    start = str(shipped) if shipped is not None else None
+    sft_dir = run_sft(SFTRunConfig(data=str(run.path / "sft-data"), model=start, out_dir=str(run.path / "sft"),
+                                   max_steps=steps, learning_rate=1e-4 if start else 1e-3, num_threads=1, seed=seed,
+                                   eval_split=None, per_device_train_batch_size=4))
+    losses = [v for v in (json.loads(line).get("loss") for line in (sft_dir / "metrics.jsonl").read_text().splitlines())
+              if v is not None]
+    grpo_dir = run_grpo(GRPORunConfig(model=str(sft_dir / "model"), env=settings, prompts=8, out_dir=str(run.path / "grpo"),
+                                      max_steps=2, num_generations=4, per_device_train_batch_size=4,
+                                      max_completion_length=512, learning_rate=1e-5, num_threads=1, progress=False))
+    rewards = [json.loads(line).get("reward") for line in (grpo_dir / "metrics.jsonl").read_text().splitlines()]
+    rewards = [v for v in rewards if v is not None]
+    console.print(f"  {episodes} expert-regions episodes -> SFT {steps} steps (loss {losses[0]:.2f} -> {losses[-1]:.2f}) "
+                  f"-> GRPO 2 steps in the env (mean reward {sum(rewards) / max(len(rewards), 1):.3f})")
+    df = evaluate_agents(test, ["vlm"], episodes=2 if quick else 8, seed=seed,
+                         agent_kwargs={"vlm": {"model": str(grpo_dir / "model")}})
+    console.print(agents_table(df, title="That policy after the small loop (a pipeline check, not a result)"))
 
 
 def _save_examples(folder: Path, tool: Any, dataset: Any, tool_name: str, save_overlay_png: Any, n: int = 2) -> None:
