@@ -181,6 +181,12 @@ def test_shipped_checkpoint_reproduces_recorded_dice(name):
     result = evaluate_dice(tool, cases)
     assert abs(result["mean_dice"] - recorded["mean_dice"]) <= 0.01
     assert metrics["test"]["mean_dice"] > 0.2  # it learned something (lesions are small: see its model card)
+    if name == "unet-mni-lesion":  # version 3: 40 dataset seeds, width 16, stored as float16
+        assert metrics["test"]["mean_dice"] >= 0.6 and tool.config.width == 16
+        from medagent.tools.segmenters import load_safetensors
+
+        stored = load_safetensors(folder / "model.safetensors")
+        assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
 
 
 def test_default_builder_loads_mni_tissue_weights():

@@ -238,10 +238,31 @@ def test_class_balanced_crops_visit_small_classes():
 
 def test_shipped_recipes_are_versioned():
     assert tt.SHIPPED_VERSIONS["unet-nuclei"] == "1" and tt.shipped_config("unet-nuclei", "x").aug_policy == "basic"
-    for name in ("unet-mni-tissue", "ifunet-mni-tissue", "allukan-mni-tissue", "unet-mni-lesion", "unet-ct-phantom"):
+    for name in ("unet-mni-tissue", "ifunet-mni-tissue", "allukan-mni-tissue", "unet-ct-phantom"):
         config = tt.shipped_config(name, "x")
         assert config.aug_policy == "robust" and config.steps >= 800 and tt.SHIPPED_VERSIONS[name] == "2"
     assert tt.shipped_config("unet-ct-phantom", "x").class_balanced_crops
+    # version 3: lesions drawn afresh with several dataset seeds, no intensity augmentation, float16 file
+    lesion = tt.shipped_config("unet-mni-lesion", "x")
+    assert tt.SHIPPED_VERSIONS["unet-mni-lesion"] == "3" and "unet-mni-lesion" in tt.SHIPPED_FLOAT16
+    assert len(lesion.dataset_seeds) >= 2 and lesion.dataset_seed == 0 and not lesion.intensity_aug and lesion.steps >= 3000
+    assert tt.SHIPPED_FLOAT16 == {"unet-mni-lesion"}
+
+
+def test_shipped_checkpoint_float16_copy(tmp_path):
+    torch.manual_seed(0)
+    tool = build_segmenter("unet", pretrained=False, class_names=CLASSES, num_classes=2, dataset="tiny-blobs", width=2, depth=2)
+    tool.save_pretrained(tmp_path / "best")
+    assert tt.shipped_checkpoint("unet-mni-tissue", tmp_path / "best") == tmp_path / "best"
+    half = tt.shipped_checkpoint("unet-mni-lesion", tmp_path / "best")
+    assert half == tmp_path / "best-float16"
+    state = tt.load_safetensors(half / "model.safetensors")
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    assert any(not v.is_floating_point() for v in state.values())  # batch-norm counters keep their dtype
+    loaded = load_tool("unet", checkpoint=str(half))
+    for (name, a), b in zip(tool.net.state_dict().items(), loaded.net.state_dict().values()):
+        assert b.dtype == a.dtype, name  # loaded back into the float32 network
+        torch.testing.assert_close(b.float(), a.float(), atol=2e-3, rtol=2e-3, msg=name)
 
 
 def test_evaluate_dice_augmented_is_seeded(tiny_dataset):
