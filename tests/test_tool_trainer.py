@@ -113,7 +113,7 @@ def test_bad_trainer_configs():
 
 
 def test_dataset_seeds_concatenate_train_splits_and_keep_val_on_dataset_seed(tmp_path, tiny_dataset, monkeypatch):
-    import medagent.data.builtin as builtin
+    from medagent.data import builtin
 
     def fake_load_builtin(name, seed=0):  # a seeded "builtin": each seed shifts the case ids and images
         cases = [_case(10 * seed + i) for i in range(2)]
