@@ -171,3 +171,18 @@ def test_import_medagent_registers_the_env_cheaply():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("Segment the")
+
+
+def test_regions_are_listed_nearest_the_top_left_first_and_numbered():
+    from medagent.envs.regions import describe_regions, region_boxes
+
+    mask = np.zeros((100, 200), bool)
+    mask[60:80, 150:190] = True  # far from the top-left
+    mask[10:20, 10:30] = True    # nearest
+    mask[0:2, 199:200] = True    # 2 pixels: below min_area
+    boxes = region_boxes(mask, min_area=8)
+    assert [b for b, _ in boxes] == [E.convert_coords([10, 10, 29, 19], 200, 100, to="frame").tolist(),
+                                     E.convert_coords([150, 60, 189, 79], 200, 100, to="frame").tolist()]
+    text = describe_regions(mask, max_regions=1, min_area=8)
+    assert text.startswith(" in 2 regions, nearest the top-left first (the first 1): 1: [") and "2:" not in text
+    assert describe_regions(mask, max_regions=0) == "" and describe_regions(np.zeros((4, 4), bool)) == ""

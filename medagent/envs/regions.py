@@ -3,7 +3,10 @@ frame and its area, ranked the way instructions rank targets (centroid nearest t
 as `medagent.envs.targets` orders instances).
 
     describe_regions(mask, max_regions=3, min_area=8)
-    -> " in 2 regions, nearest the top-left first: [102, 240, 187, 330] 0.9%; [640, 512, 701, 580] 0.4%"
+    -> " in 2 regions, nearest the top-left first: 1: [102, 240, 187, 330] 0.9%; 2: [640, 512, 701, 580] 0.4%"
+
+Regions are numbered by that rank, so "the 2nd nearest the top-left corner (2 of 3 ...)" of an instruction
+meets the region labelled "2:" (a small policy matches the label instead of counting list items).
 
 A policy that cannot regress boxes from pixels can copy one of these boxes into `add_bbox` to isolate the
 region it wants; a large VLM reads the same text.
@@ -46,7 +49,7 @@ def describe_regions(mask: np.ndarray, max_regions: int = 3, min_area: int = 8) 
     if not regions:
         return ""
     shown = regions[:max_regions]
-    items = "; ".join(f"[{b[0]}, {b[1]}, {b[2]}, {b[3]}] {pct:.1f}%" for b, pct in shown)
+    items = "; ".join(f"{k}: [{b[0]}, {b[1]}, {b[2]}, {b[3]}] {pct:.1f}%" for k, (b, pct) in enumerate(shown, start=1))
     if len(regions) == 1:
         return f" in 1 region: {items}"
     head = f" in {len(regions)} regions, nearest the top-left first"

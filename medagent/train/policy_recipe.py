@@ -54,15 +54,15 @@ class PolicyRecipeConfig:
 
     out_dir: str = "medagent-runs/policy"
     datasets: tuple[str, ...] = ("mni-lesion", "nuclei", "ct-phantom")
-    procedural_seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    procedural_seeds: tuple[int, ...] = tuple(range(12))
     episodes: int = 150
     image_size: int = 128
     max_turns: int = 5
     expert: str = "expert-regions"
-    grounding_rows: int = 1500
+    grounding_rows: int = 800
     grounding_steps: int = 150
     grounding_lr: float = 2e-3
-    sft_steps: int = 600
+    sft_steps: int = 1200
     sft_lr: float = 2e-3
     batch_size: int = 8
     grpo_dataset: str = "mni-lesion"
@@ -147,7 +147,7 @@ def run_recipe(config: PolicyRecipeConfig) -> Path:
                                   per_device_train_batch_size=cfg.batch_size, eval_split=None, save_steps=100,
                                   resume=resume, num_threads=cfg.num_threads, seed=cfg.seed, progress=True,
                                   logging_steps=10)
-        return _timed(timings, stage, timings_path, lambda: run_sft(run_config))
+        return _timed(timings, "grounding" if stage == "grounding" else "sft", timings_path, lambda: run_sft(run_config))
 
     grounding = sft("grounding", "grounding", cfg.grounding_steps, cfg.grounding_lr, None, [])
     tuned = sft("trajectories", "sft", cfg.sft_steps, cfg.sft_lr, str(grounding / "model"), exports)
