@@ -523,7 +523,7 @@ def eval_agent(
     policy: str = typer.Option("shipped", help="The 'policy' agent's model: 'shipped' (medagent/weights/policy-tiny) "
                                "or a local VLM folder."),
     max_turns: int = typer.Option(5, help="Turns before truncation."),
-    image_size: int = typer.Option(224, help="Policy image side, pixels (the shipped policy was trained at 224)."),
+    image_size: int = typer.Option(128, help="Policy image side, pixels (the shipped policy was trained at 128)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also copy results JSON here."),
     seed: int = typer.Option(0, help="Seed."),
     runs_dir: Path = typer.Option(Path("medagent-runs"), help="Where run folders go."),

@@ -297,6 +297,8 @@ def load_vlm(path: str | Path, device: str | None = None) -> tuple[Any, Any]:
         raise CheckpointError(f"{path} is not a saved VLM folder (no config.json); build one with save_tiny_vlm")
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        if not getattr(processor, "chat_template", None):  # shipped folders leave TRL's template out: read it from trl
+            processor.chat_template = qwen3_vl_chat_template()
         # float32 on the CPU whatever the stored dtype (shipped tiny weights are float16 to halve their size)
         dtype = None if (device or "").startswith("cuda") else "float32"
         model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=dtype)

@@ -180,6 +180,8 @@ def ship(config: PolicyRecipeConfig, name: str = "policy-tiny", version: str = "
     if dest.exists():
         shutil.rmtree(dest)
     save_vlm(model.to(torch.float16), processor, dest)
+    # The chat template is TRL's file: not shipped, `load_vlm` reads it from the installed trl instead.
+    (dest / "chat_template.jinja").unlink(missing_ok=True)
     timings = json.loads((out / "timings.json").read_text())
     params = sum(p.numel() for p in model.parameters())
     defaults = dataclasses.asdict(PolicyRecipeConfig())
