@@ -135,12 +135,10 @@ def dice_reward(environments: list[Any], **_: Any) -> list[float]:
 
 def trl_args(config: GRPORunConfig, out: Path, max_turns: int) -> Any:
     """The `trl.GRPOConfig` of a run (CPU-safe flags on the CPU)."""
-    import torch
     from trl import GRPOConfig
 
-    cuda = torch.cuda.is_available() if config.device == "auto" else config.device == "cuda"
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("GRPORunConfig.device='cuda' but CUDA is not available")
+    from medagent.train.trl_common import common_trl_fields
+
     weights = [config.term_weights[t] for t in TERMS] + [0.0]  # + dice (logged only); TRL appends get_reward (1)
     return GRPOConfig(
         output_dir=str(out / "checkpoints"),
@@ -160,17 +158,7 @@ def trl_args(config: GRPORunConfig, out: Path, max_turns: int) -> Any:
         loss_type=config.loss_type,
         reward_weights=weights,
         log_completions=False,  # crashes while tools return images (DESIGN.md)
-        use_cpu=not cuda,
-        bf16=bool(cuda and torch.cuda.is_bf16_supported()),
-        activation_checkpointing=False,
-        logging_steps=config.logging_steps,
-        save_strategy="steps" if config.save_steps else "no",
-        save_steps=config.save_steps or 500,
-        report_to=config.report_to,
-        seed=config.seed,
-        data_seed=config.seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **common_trl_fields(config, False),
     )
 
 
@@ -190,7 +178,8 @@ def run_grpo(config: GRPORunConfig) -> Path:
     from medagent.envs.trl_adapter import SegToolEnvironment
     from medagent.train.lora import lora_config, merge_lora
     from medagent.train.progress import progress_callback
-    from medagent.train.sft import _jsonable, _metrics_callback, _versions
+    from medagent.provenance import collect_versions
+    from medagent.train.trl_common import jsonable, metrics_callback
     from medagent.trajectories.prompts import build_prompt_dataset
 
     cfg = config
@@ -201,8 +190,8 @@ def run_grpo(config: GRPORunConfig) -> Path:
         raise ConfigError(f"resume=True but {out / 'checkpoints'} has no checkpoint")
     env_config = EnvConfig(**cfg.env)  # checks the env settings before anything is built
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(_jsonable(dataclasses.asdict(cfg)), indent=2) + "\n")
-    (out / "versions.json").write_text(json.dumps(_versions(cfg.seed), indent=2, default=str) + "\n")
+    (out / "config.json").write_text(json.dumps(jsonable(dataclasses.asdict(cfg)), indent=2) + "\n")
+    (out / "versions.json").write_text(json.dumps(collect_versions(cfg.seed), indent=2, default=str) + "\n")
 
     if cfg.data:
         from medagent.errors import DataError
@@ -228,7 +217,7 @@ def run_grpo(config: GRPORunConfig) -> Path:
     env_kwargs = {k: v for k, v in cfg.env.items() if k not in ("dataset", "data_dir")}
     factory = functools.partial(SegToolEnvironment, dataset=dataset, tools=provider, **env_kwargs)
     reward_funcs = [term_reward(t) for t in TERMS] + [dice_reward]
-    callbacks = [_metrics_callback(out / "metrics.jsonl")]
+    callbacks = [metrics_callback(out / "metrics.jsonl")]
     if cfg.progress:
         callbacks.append(progress_callback("GRPO", cfg.max_steps, ("reward", "rewards/dice_reward/mean")))
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=trl_args(cfg, out, env_config.max_turns),

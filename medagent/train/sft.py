@@ -27,10 +27,12 @@ import datetime as _dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from medagent.agents.vlm import TinyVLMConfig, build_tiny_vlm, load_vlm, save_vlm
 from medagent.errors import ConfigError, DataError
+from medagent.provenance import collect_versions
+from medagent.train.trl_common import jsonable, metrics_callback
 from medagent.trajectories.prompts import GroundingConfig
 
 
@@ -242,31 +244,6 @@ def _load_data(paths: list[str], split: str, eval_split: str | None) -> tuple[An
     return train, evaluation
 
 
-def _versions(seed: int) -> dict:
-    """Package versions, git SHA and seed for versions.json (`medagent.provenance`)."""
-    from medagent.provenance import collect_versions
-
-    return collect_versions(seed)
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=lambda v: v if isinstance(v, (int, float, str)) else repr(v)))
-
-
-def _metrics_callback(path: Path) -> Any:
-    from transformers import TrainerCallback
-
-    class _Log(TrainerCallback):
-        """Appends every trainer log (one JSON line) to metrics.jsonl as it happens."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - transformers' signature
-            if logs and state.is_world_process_zero:
-                with path.open("a") as f:
-                    f.write(json.dumps(_jsonable({"step": state.global_step, **logs})) + "\n")
-
-    return _Log()
-
-
 def make_collator(processor: Any, config: SFTRunConfig) -> ConversationCollator:
     """The `ConversationCollator` of a run: every tool's schema, the training variant of the model's template."""
     from trl.chat_template_utils import get_training_chat_template
@@ -279,12 +256,10 @@ def make_collator(processor: Any, config: SFTRunConfig) -> ConversationCollator:
 
 def trl_args(config: SFTRunConfig, out: Path) -> Any:
     """The `trl.SFTConfig` this run uses (CPU-safe flags on the CPU)."""
-    import torch
     from trl import SFTConfig
 
-    cuda = torch.cuda.is_available() if config.device == "auto" else config.device == "cuda"
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("SFTRunConfig.device='cuda' but CUDA is not available")
+    from medagent.train.trl_common import common_trl_fields
+
     return SFTConfig(
         output_dir=str(out / "checkpoints"),
         max_steps=config.max_steps,
@@ -298,20 +273,7 @@ def trl_args(config: SFTRunConfig, out: Path) -> Any:
         weight_decay=config.weight_decay,
         assistant_only_loss=config.assistant_only_loss,
         max_length=config.max_length,
-        # The CPU flags TRL needs: its defaults (bf16=True, gradient_checkpointing=True) break or crawl on a CPU.
-        # transformers >= 5.24 renamed gradient_checkpointing to activation_checkpointing and warns on the old name,
-        # which TRL always sets (default True); setting the new name wins and silences that.
-        use_cpu=not cuda,
-        bf16=bool(cuda and torch.cuda.is_bf16_supported()),
-        activation_checkpointing=bool(cuda and config.gradient_checkpointing),
-        logging_steps=config.logging_steps,
-        save_strategy="steps" if config.save_steps else "no",
-        save_steps=config.save_steps or 500,
-        report_to=config.report_to,
-        seed=config.seed,
-        data_seed=config.seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **common_trl_fields(config, config.gradient_checkpointing),
     )
 
 
@@ -341,8 +303,8 @@ def run_sft(config: SFTRunConfig) -> Path:
             save_grounding(cfg.grounding, str(rows))
         paths = [str(rows)]
     train, evaluation = _load_data(paths, cfg.train_split, cfg.eval_split)
-    (out / "config.json").write_text(json.dumps(_jsonable(dataclasses.asdict(cfg)), indent=2) + "\n")
-    (out / "versions.json").write_text(json.dumps(_versions(cfg.seed), indent=2, default=str) + "\n")
+    (out / "config.json").write_text(json.dumps(jsonable(dataclasses.asdict(cfg)), indent=2) + "\n")
+    (out / "versions.json").write_text(json.dumps(collect_versions(cfg.seed), indent=2, default=str) + "\n")
 
     if cfg.model:
         model, processor = load_vlm(cfg.model)
@@ -353,7 +315,7 @@ def run_sft(config: SFTRunConfig) -> Path:
     from medagent.train.progress import progress_callback
 
     peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules) if cfg.lora else None
-    callbacks = [_metrics_callback(out / "metrics.jsonl")]
+    callbacks = [metrics_callback(out / "metrics.jsonl")]
     if cfg.progress:
         total = cfg.max_steps if cfg.max_steps > 0 else None
         callbacks.append(progress_callback(f"SFT ({cfg.stage})", total, ("loss",)))
