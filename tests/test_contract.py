@@ -185,4 +185,19 @@ def test_regions_are_listed_nearest_the_top_left_first_and_numbered():
                                      E.convert_coords([150, 60, 189, 79], 200, 100, to="frame").tolist()]
     text = describe_regions(mask, max_regions=1, min_area=8)
     assert text.startswith(" in 2 regions, nearest the top-left first (the first 1): 1: [") and "2:" not in text
+    assert text.endswith("] 200 px")  # areas are pixel counts: one token each below 1000
+    assert [area for _, area in boxes] == [200, 800]
     assert describe_regions(mask, max_regions=0) == "" and describe_regions(np.zeros((4, 4), bool)) == ""
+
+
+def test_ranked_region_keeps_the_n_largest_and_takes_rank_k():
+    from medagent.agents.regions import instruction_rank_and_count, ranked_region
+
+    regions = [([0, 0, 9, 9], 120), ([20, 0, 29, 9], 6), ([40, 0, 49, 9], 90), ([60, 0, 69, 9], 300)]
+    assert instruction_rank_and_count("Segment the lesion 2nd nearest the top-left corner (2 of 3 lesion instances).") == (2, 3)
+    assert instruction_rank_and_count("Segment the liver.") == (1, 1)
+    assert ranked_region(regions, 2, 3) == [40, 0, 49, 9]   # the 6 px region is dropped as a false positive
+    assert ranked_region(regions, 3, 3) == [60, 0, 69, 9]
+    assert ranked_region(regions, 1, 1) is None              # a single target keeps the automatic mask
+    assert ranked_region(regions[:2], 3, 3) is None          # rank past what is listed
+    assert ranked_region([], 1, 2) is None

@@ -8,7 +8,7 @@
 from medagent.agents.base import Agent, EpisodeResult, Step, run_episode
 from medagent.agents.baselines import AutoAgent, MeanBoxAgent, OracleBoxAgent, RandomAgent
 from medagent.agents.expert import ExpertAgent, ExpertConfig, interior_point, largest_error_regions
-from medagent.agents.regions import BlobAgent, RegionExpertAgent, instruction_rank
+from medagent.agents.regions import BlobAgent, RankedRegionsAgent, RegionExpertAgent, instruction_rank
 from medagent.errors import ConfigError
 
 class BoxExpertAgent(ExpertAgent):
@@ -28,6 +28,7 @@ AGENTS = {
     "auto": AutoAgent,
     "random": RandomAgent,
     "expert-regions": RegionExpertAgent,
+    "ranked-regions": RankedRegionsAgent,
     "blob": BlobAgent,
 }
 
@@ -57,6 +58,6 @@ def make_agent(name: str, **kwargs) -> Agent:
 
 
 __all__ = [
-    "AGENTS", "Agent", "AutoAgent", "BlobAgent", "BoxExpertAgent", "RegionExpertAgent", "instruction_rank", "EpisodeResult", "ExpertAgent", "ExpertConfig", "MeanBoxAgent", "OracleBoxAgent",
+    "AGENTS", "Agent", "AutoAgent", "BlobAgent", "BoxExpertAgent", "RankedRegionsAgent", "RegionExpertAgent", "instruction_rank", "EpisodeResult", "ExpertAgent", "ExpertConfig", "MeanBoxAgent", "OracleBoxAgent",
     "RandomAgent", "Step", "interior_point", "largest_error_regions", "make_agent", "run_episode",
 ]

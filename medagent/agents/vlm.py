@@ -150,7 +150,7 @@ def corpus_texts(seed: int = 0, n_calls: int = 400, extra: Iterable[str] = ()) -
                                format_call("auto_segment", {"model": rng.choice(list(AUTO_MODELS))})])
         texts.append(call)
         texts.append(f"<tool_response>\nThe mask now covers {rng.uniform(0, 60):.1f}% of the image in 2 regions, nearest "
-                     "the top-left first: 1: [1, 2, 3, 4] 0.5%; 2: [5, 6, 7, 8] 0.1%.\n</tool_response>")
+                     "the top-left first: 1: [1, 2, 3, 4] 52 px; 2: [5, 6, 7, 8] 9 px.\n</tool_response>")
     texts += [
         "Segmentation finished.", "Back to the previous mask (nothing (empty mask)).", "undo error: nothing to undo",
         "refine error: there is no mask to refine yet", "(no parseable <tool_call>: episode over)",

@@ -1,15 +1,17 @@
 """The regions of a mask as text a policy can read and act on: each connected region's box in the 0-999
-frame and its area, ranked the way instructions rank targets (centroid nearest the top-left corner first,
-as `medagent.envs.targets` orders instances).
+frame and its area in pixels of the image the policy sees, ranked the way instructions rank targets (centroid
+nearest the top-left corner first, as `medagent.envs.targets` orders instances).
 
     describe_regions(mask, max_regions=3, min_area=8)
-    -> " in 2 regions, nearest the top-left first: 1: [102, 240, 187, 330] 0.9%; 2: [640, 512, 701, 580] 0.4%"
+    -> " in 2 regions, nearest the top-left first: 1: [102, 240, 187, 330] 148 px; 2: [640, 512, 701, 580] 61 px"
 
 Regions are numbered by that rank, so "the 2nd nearest the top-left corner (2 of 3 ...)" of an instruction
 meets the region labelled "2:" (a small policy matches the label instead of counting list items).
 
 A policy that cannot regress boxes from pixels can copy one of these boxes into `add_bbox` to isolate the
-region it wants; a large VLM reads the same text.
+region it wants; a large VLM reads the same text. Areas are integer pixel counts rather than percentages so
+that, at the tiny policy's 128 px, an area below 1000 is one token (every integer 0-999 is, see
+`medagent.agents.vlm`): comparing two regions' sizes is comparing two tokens, not digits after a point.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from scipy import ndimage
 from medagent.envs.coords import convert_coords
 
 
-def region_boxes(mask: np.ndarray, min_area: int = 8) -> list[tuple[list[int], float]]:
+def region_boxes(mask: np.ndarray, min_area: int = 8) -> list[tuple[list[int], int]]:
     """Connected regions of a bool (H, W) mask with >= `min_area` pixels, nearest the top-left first:
-    [(box [x1, y1, x2, y2] in the 0-999 frame, area as a percentage of the image)]."""
+    [(box [x1, y1, x2, y2] in the 0-999 frame, area in pixels)]."""
     labels, n = ndimage.label(mask)
     if n == 0:
         return []
@@ -36,9 +38,9 @@ def region_boxes(mask: np.ndarray, min_area: int = 8) -> list[tuple[list[int], f
         ys, xs = np.nonzero(region)
         ys, xs = ys + sl[0].start, xs + sl[1].start
         box = convert_coords([xs.min(), ys.min(), xs.max(), ys.max()], w, h, to="frame").tolist()
-        found.append((float(np.hypot(ys.mean(), xs.mean())), box, 100.0 * area / mask.size))
+        found.append((float(np.hypot(ys.mean(), xs.mean())), box, area))
     found.sort(key=lambda r: r[0])
-    return [(box, pct) for _, box, pct in found]
+    return [(box, area) for _, box, area in found]
 
 
 def describe_regions(mask: np.ndarray, max_regions: int = 3, min_area: int = 8) -> str:
@@ -49,7 +51,7 @@ def describe_regions(mask: np.ndarray, max_regions: int = 3, min_area: int = 8) 
     if not regions:
         return ""
     shown = regions[:max_regions]
-    items = "; ".join(f"{k}: [{b[0]}, {b[1]}, {b[2]}, {b[3]}] {pct:.1f}%" for k, (b, pct) in enumerate(shown, start=1))
+    items = "; ".join(f"{k}: [{b[0]}, {b[1]}, {b[2]}, {b[3]}] {area} px" for k, (b, area) in enumerate(shown, start=1))
     if len(regions) == 1:
         return f" in 1 region: {items}"
     head = f" in {len(regions)} regions, nearest the top-left first"

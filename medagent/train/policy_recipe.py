@@ -8,7 +8,7 @@ where it stopped (trajectory shards and trainer checkpoints are step-exact). Eve
 `PolicyRecipeConfig`, so the model card's command reproduces the shipped policy step for step.
 
 Stages (`out_dir/...`):
-    traj/<dataset>-<seed>/   expert trajectories (`RegionExpertAgent`) on the training split of each dataset,
+    traj/<dataset>-<seed>/   teacher trajectories (`RankedRegionsAgent` by default) on the training split of each dataset,
                              procedural datasets drawn with several dataset seeds (new lesions per seed)
     sft-data/<...>/          their TRL export (one example per episode)
     grounding/               SFT stage "grounding" from a fresh tiny Qwen3-VL (`policy_config`)
@@ -58,11 +58,11 @@ class PolicyRecipeConfig:
     episodes: int = 150
     image_size: int = 128
     max_turns: int = 5
-    expert: str = "expert-regions"
+    expert: str = "ranked-regions"
     grounding_rows: int = 800
     grounding_steps: int = 150
     grounding_lr: float = 2e-3
-    sft_steps: int = 1200
+    sft_steps: int = 1800
     sft_lr: float = 2e-3
     batch_size: int = 8
     grpo_dataset: str = "mni-lesion"
@@ -188,7 +188,7 @@ def ship(config: PolicyRecipeConfig, name: str = "policy-tiny", version: str = "
     changed = {k: v for k, v in dataclasses.asdict(config).items() if k != "out_dir" and v != defaults[k]}
     flags = " ".join(f"--set {k}={json.dumps(v)}" for k, v in changed.items())
     (dest / "README.md").write_text(MODEL_CARD.format(
-        version=version, params=params, command=f"medagent train policy --out DIR {flags}".strip(),
+        version=version, params=params, expert=config.expert, command=f"medagent train policy --out DIR {flags}".strip(),
         recipe=json.dumps(dataclasses.asdict(config), indent=2), timings=json.dumps(timings, indent=2),
         total=sum(timings.values()) / 60.0))
     record_weights(name, "mni-lesion-v1+nuclei-v1+ct-phantom-v1", version=version)
@@ -204,7 +204,7 @@ tokenizer trained on medagent's own text (every integer 0-999 one token).
 - What it does: calls `auto_segment`, reads the regions the tool answer lists (boxes in the 0-999 frame, nearest
   the top-left first), prompts SAM with the box of the region the instruction asks for, and stops.
 - Recipe (`medagent.train.policy_recipe`, every stage resumable and step-exact):
-  `{command}` then `--ship`. Stages: expert trajectories (`expert-regions`) -> grounding SFT -> trajectory SFT ->
+  `{command}` then `--ship`. Stages: teacher trajectories (`{expert}`) -> grounding SFT -> trajectory SFT ->
   GRPO in the env (mni-lesion train split).
 - Full recipe configuration:
 
