@@ -5,7 +5,7 @@
 For each dataset, the shipped clean-centre source model (`ctta-source-<dataset>`) is adapted by every
 method over the SAME continual stream (centres B -> C -> D -> E of `medagent.data.shifts`, batch 1, no
 reset, `--rounds` repetitions, a seeded subsample of `--max-cases` test cases per centre), each image
-scored on the prediction made after adapting to it (`medagent.tools.tta.stream.evaluate_ctta`).
+scored on the prediction made after adapting to it (`medagent.eval.ctta.evaluate_ctta`).
 
 Printed per dataset: the unadapted source's drop from the clean centre to the worst centre (the
 calibration check, >= 10 Dice points wanted); per method mean Dice per centre and per round, overall
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from medagent.tools.tta.stream import DEFAULT_SEVERITY, evaluate_ctta
+from medagent.eval.ctta import DEFAULT_SEVERITY, evaluate_ctta
 
 METHODS = ("noadapt", "tent", "cotta", "vptta", "mgipt", "mgipt-reduced")
 

@@ -181,7 +181,7 @@ def tool_run(
 
     def run():
         if stream is not None:
-            from medagent.tools.tta.stream import adapt_folder
+            from medagent.tools.tta.folder import adapt_folder
 
             written = adapt_folder(name, source or "mni-tissue", stream, out)
             _console().print(f"{name}: adapted over {len(written)} images of {stream} in order; masks in {out}")
@@ -562,7 +562,7 @@ def eval_ctta(
 ) -> None:
     """Continual test-time adaptation over a multi-centre stream: Dice per centre and round, degradation, forgetting, cost."""
     from medagent.eval.ctta_report import ctta_table
-    from medagent.tools.tta.stream import evaluate_ctta
+    from medagent.eval.ctta import evaluate_ctta
 
     def run():
         names = [m.strip() for m in methods.split(",") if m.strip()]

@@ -146,7 +146,7 @@ def _refiner_section(run: Any, console: Any, quick: bool, seed: int) -> None:
 
 def _ctta_section(run: Any, console: Any, quick: bool, seed: int) -> None:
     from medagent.eval.ctta_report import ctta_table
-    from medagent.tools.tta.stream import evaluate_ctta
+    from medagent.eval.ctta import evaluate_ctta
 
     methods = ["noadapt", "tent", "mgipt-reduced"] if quick else ["noadapt", "tent", "cotta", "vptta", "mgipt-reduced"]
     report = evaluate_ctta("nuclei", methods, rounds=1 if quick else 2, seed=seed, max_cases=2 if quick else 6,

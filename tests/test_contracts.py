@@ -153,7 +153,6 @@ def test_dataset_context_reaches_only_per_dataset_tools(monkeypatch):
         seen.update(config)
         return _Centre()
 
-    monkeypatch.setattr(registry, "_register_builtin", lambda: None)
     monkeypatch.setitem(registry.TOOL_REGISTRY, "fake-prompt", registry.ToolSpec("fake-prompt", ToolKind.PROMPTABLE, "x", __name__))
     import sys
 

@@ -15,8 +15,11 @@ import torch
 
 from medagent.data.case import Case
 from medagent.errors import ConfigError, ToolError
-from medagent.tools.tta import base as tta_base
-from medagent.tools.tta.base import FourierPrompt, MemoryBank, SourceModel, TTABatchNorm, low_frequency_amplitude
+from medagent.tools.tta import source as tta_source
+from medagent.tools.tta.batchnorm import TTABatchNorm
+from medagent.tools.tta.fourier import FourierPrompt, low_frequency_amplitude
+from medagent.tools.tta.source import SourceModel
+from medagent.tools.tta.vptta import MemoryBank
 from medagent.tools.tta.cotta import CoTTATool
 from medagent.tools.tta.mgipt import MGIPTConfig, MGIPTTool, consistency_dice_loss, global_sides
 from medagent.tools.tta.noadapt import NoAdaptTool
@@ -77,7 +80,7 @@ def source_dir(tmp_path_factory):
 
 
 def _source(source_dir) -> SourceModel:
-    return tta_base.load_source(checkpoint=source_dir)
+    return tta_source.load_source(checkpoint=source_dir)
 
 
 FAST = {
@@ -322,7 +325,7 @@ def test_registry_lists_the_adaptive_tools():
 # -- streams and folders --------------------------------------------------------------------------------------
 def test_run_stream_episodic_resets_and_scores_after_adapting(source_dir):
     from medagent.data.shifts import StreamItem
-    from medagent.tools.tta.stream import run_stream, summarize_stream
+    from medagent.eval.ctta import run_stream, summarize_stream
 
     cases = _shifted(2)
     plan = [(centre, r, i, case) for r in range(2) for centre in "BC" for i, case in enumerate(cases)]
@@ -336,7 +339,7 @@ def test_run_stream_episodic_resets_and_scores_after_adapting(source_dir):
 
 
 def test_adapt_folder_writes_masks_in_sorted_order(source_dir, tmp_path):
-    from medagent.tools.tta.stream import adapt_folder
+    from medagent.tools.tta.folder import adapt_folder
 
     folder = tmp_path / "stream"
     folder.mkdir()
@@ -354,7 +357,7 @@ def test_adapt_folder_writes_masks_in_sorted_order(source_dir, tmp_path):
 
 def test_evaluate_ctta_writes_results_with_centres_rounds_and_forgetting(tmp_path):
     from medagent.eval.results import load_results
-    from medagent.tools.tta.stream import evaluate_ctta
+    from medagent.eval.ctta import evaluate_ctta
 
     report = evaluate_ctta("nuclei", methods=["noadapt", "tent"], rounds=2, centres=["B", "D"], max_cases=2,
                            run_root=tmp_path / "runs", json_out=tmp_path / "out.json", progress=False)
@@ -369,12 +372,13 @@ def test_evaluate_ctta_writes_results_with_centres_rounds_and_forgetting(tmp_pat
 
 
 def test_ctta_source_training_has_no_intensity_augmentation_and_shipped_sources_have_bn():
-    from medagent.train.ctta_source import CTTASourceConfig, source_weights_name, trainer_config
+    from medagent.tools.tta.source import source_weights_name
+    from medagent.train.ctta_source import CTTASourceConfig, trainer_config
     from medagent.weights import read_manifest
 
     cfg = trainer_config(CTTASourceConfig(dataset="nuclei", steps=1, out_dir="unused"))
     assert cfg.model == "unet" and cfg.intensity_aug is False and cfg.crop_size == 64
     for ds in ("mni-tissue", "nuclei"):
         assert source_weights_name(ds) in read_manifest()
-        src = tta_base.load_source(ds)
+        src = tta_source.load_source(ds)
         assert src.config.model == "unet" and src.bn_layers()

@@ -62,10 +62,12 @@ class MeanBoxAgent(Agent):
         key = (id(base.dataset), class_name)
         if key not in self._boxes:
             cases = base.dataset.cases("train")
-            order = np.random.default_rng(0).permutation(len(cases))[: self.max_cases]
+            rng = np.random.default_rng(0)
+            order = rng.permutation(len(cases))[: self.max_cases]
             boxes = []
             for i in order:
-                case = base._as_2d(cases[int(i)])
+                # the agent's own generator: drawing from the env's would change the episodes that follow
+                case = cases[int(i)].random_labelled_slice(rng, base.config.min_area)
                 index = next((k for k, v in case.class_names.items() if v == class_name), None)
                 if index is None or case.label is None:
                     continue

@@ -130,6 +130,20 @@ class Case:
             provenance={**self.provenance, "slice_axis": axis, "slice_index": index, "volume_id": self.id},
         )
 
+    def random_labelled_slice(self, rng: np.random.Generator, min_area: int = 1) -> "Case":
+        """A 2D case as the environment draws one: a 2D case itself; of a volume, a random slice along the
+        coarsest axis holding >= `min_area` labelled pixels (the middle slice when none does or there is no label)."""
+        if self.ndim == 2:
+            return self
+        axis = self.default_slice_axis()
+        if self.label is None:
+            return self.slice(self.shape[axis] // 2, axis)
+        other = tuple(a for a in range(3) if a != axis)
+        labelled = np.flatnonzero(np.count_nonzero(self.label, axis=other) >= min_area)
+        if labelled.size == 0:
+            return self.slice(self.shape[axis] // 2, axis)
+        return self.slice(int(rng.choice(labelled)), axis)
+
     def iter_slices(self, axis: int | None = None, only_with_target: bool = False, min_area: int = 1) -> Iterator["Case"]:
         """Yield 2D slices along `axis`; with `only_with_target`, only those with >= `min_area` labelled pixels."""
         axis = self.default_slice_axis() if axis is None else axis

@@ -186,16 +186,7 @@ class InteractiveSegEnv(gym.Env):
 
     def _as_2d(self, case: Case) -> Case:
         """3D cases become a random slice (along the coarsest axis) that holds labelled pixels."""
-        if case.ndim == 2:
-            return case
-        if case.label is None:
-            return case.slice(case.shape[case.default_slice_axis()] // 2)
-        axis = case.default_slice_axis()
-        other = tuple(a for a in range(3) if a != axis)
-        labelled = np.flatnonzero(np.count_nonzero(case.label, axis=other) >= self.config.min_area)
-        if labelled.size == 0:
-            return case.slice(case.shape[axis] // 2, axis)
-        return case.slice(int(self.np_random.choice(labelled)), axis)
+        return case.random_labelled_slice(self.np_random, self.config.min_area)
 
     def _references(self, case: Case, target: Target) -> list[Case]:
         """Up to `n_references` train-split cases of other subjects holding the target class, binary-labelled.

@@ -1,4 +1,4 @@
-"""A readable table of a continual test-time adaptation run (`medagent.tools.tta.stream.evaluate_ctta`)."""
+"""A readable table of a continual test-time adaptation run (`medagent.eval.ctta.evaluate_ctta`)."""
 
 from __future__ import annotations
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from medagent.errors import ConfigError, DataError
 from medagent.metrics import DISTANCE_METRICS, METRICS
+from medagent.provenance import write_json
 
 #: Columns every per-case table has, in this order; metric columns follow.
 CASE_COLUMNS = ("method", "dataset", "case_id", "subject", "class_index", "class_name")
@@ -154,8 +155,6 @@ def write_results(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write results JSON at `path` and, if `cases` (a DataFrame) is given, the Parquet table beside it."""
-    from medagent.eval.runs import write_json
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cases_ref = None
@@ -220,8 +219,6 @@ def load_results(path: str | Path) -> Results:
 
 def copy_results(path: str | Path, dest: str | Path) -> Path:
     """Copy a results JSON to `dest`, rewriting its "cases" reference so it still points at the table."""
-    from medagent.eval.runs import write_json
-
     path, dest = Path(path), Path(dest)
     data = json.loads(path.read_text(encoding="utf-8"))
     if data.get("cases"):

@@ -25,14 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from medagent.errors import ConfigError
-
-#: Shipped CTTA source checkpoints are named `ctta-source-<dataset>`.
-SOURCE_PREFIX = "ctta-source-"
-
-
-def source_weights_name(dataset: str) -> str:
-    """Folder name under medagent/weights/ of the CTTA source model of `dataset`."""
-    return f"{SOURCE_PREFIX}{dataset}"
+from medagent.tools.tta.source import SOURCE_PREFIX, source_weights_name  # noqa: F401  (re-exported)
 
 
 @dataclass

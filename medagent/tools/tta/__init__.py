@@ -8,7 +8,8 @@ that one image, with no label, then predicts it; state persists across calls (`r
     tool = load_tool("mgipt", dataset="mni-tissue")        # shipped ctta-source-mni-tissue
     for case in stream: pred = tool.predict(case)
 
-`medagent.tools.tta.stream` runs continual / episodic streams (`evaluate_ctta`) and folders (`adapt_folder`).
+`medagent.tools.tta.folder.adapt_folder` adapts a method over a folder of images; the scored continual / episodic
+streams of the benchmark protocol (`evaluate_ctta`) are an evaluator and live in `medagent.eval.ctta`.
 See docs/ctta.md.
 """
 

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from medagent.tools.tta.base import (
-    AdaptiveTool, build_adaptive, color_jitter, load_optimizer_tensors, optimizer_tensors, probabilities, set_bn,
+    AdaptiveTool, build_adaptive, color_jitter, load_optimizer_tensors, optimizer_tensors, probabilities,
 )
+from medagent.tools.tta.batchnorm import set_bn
 
 
 @dataclass

@@ -40,9 +40,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from medagent.tools.tta.base import (
-    AdaptiveTool, FourierPrompt, bn_alignment_loss, build_adaptive, color_jitter, prompt_side, set_bn,
-)
+from medagent.tools.tta.base import AdaptiveTool, build_adaptive, color_jitter
+from medagent.tools.tta.batchnorm import bn_alignment_loss, set_bn
+from medagent.tools.tta.fourier import FourierPrompt, prompt_side
 
 
 @dataclass

@@ -14,9 +14,8 @@ from typing import Any
 
 import torch
 
-from medagent.tools.tta.base import (
-    AdaptiveTool, build_adaptive, entropy, load_optimizer_tensors, optimizer_tensors, set_bn, tta_bn_layers,
-)
+from medagent.tools.tta.base import AdaptiveTool, build_adaptive, entropy, load_optimizer_tensors, optimizer_tensors
+from medagent.tools.tta.batchnorm import set_bn, tta_bn_layers
 
 
 @dataclass

@@ -17,11 +17,70 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from medagent.tools.tta.base import (
-    AdaptiveTool, FourierPrompt, MemoryBank, bn_alignment_loss, build_adaptive, load_optimizer_tensors,
-    low_frequency_amplitude, optimizer_tensors, prompt_side, set_bn,
-)
+from medagent.errors import ConfigError, ToolError
+from medagent.tools.tta.base import AdaptiveTool, build_adaptive, load_optimizer_tensors, optimizer_tensors
+from medagent.tools.tta.batchnorm import bn_alignment_loss, set_bn
+from medagent.tools.tta.fourier import FourierPrompt, low_frequency_amplitude, prompt_side
+
+
+class MemoryBank:
+    """FIFO of (key, value) pairs; `neighbours(key, k)` = softmax(cos / temperature)-weighted top-k values.
+
+    Args:
+        capacity: most pairs kept; the oldest is dropped first.
+        temperature: softmax temperature of the cosine similarities.
+    """
+
+    def __init__(self, capacity: int = 40, temperature: float = 0.2) -> None:
+        if capacity < 1:
+            raise ConfigError(f"memory bank capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self.temperature = float(temperature)
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def reset(self) -> None:
+        self.keys, self.values = [], []
+
+    def push(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        self.keys.append(key.detach().flatten().float().cpu().clone())
+        self.values.append(value.detach().float().cpu().clone())
+        while len(self.keys) > self.capacity:
+            self.keys.pop(0)
+            self.values.pop(0)
+
+    def similarities(self, key: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of `key` to every stored key, (len,)."""
+        bank = torch.stack(self.keys)
+        return F.cosine_similarity(bank, key.detach().flatten().float().cpu()[None], dim=1, eps=1e-12)
+
+    def neighbours(self, key: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weighted value, indices of the k nearest keys (most similar first), their weights)."""
+        if not self.keys:
+            raise ToolError("the memory bank is empty")
+        sims = self.similarities(key)
+        k = min(int(k), len(self.keys))
+        top, idx = torch.topk(sims, k)
+        weights = torch.softmax(top / self.temperature, dim=0)
+        values = torch.stack([self.values[int(i)] for i in idx])
+        blended = (weights.view(-1, *[1] * (values.dim() - 1)) * values).sum(0)
+        return blended, idx, weights
+
+    def state(self) -> dict[str, torch.Tensor]:
+        if not self.keys:
+            return {}
+        return {"memory.keys": torch.stack(self.keys), "memory.values": torch.stack(self.values)}
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.reset()
+        if "memory.keys" in tensors:
+            self.keys = [k.clone() for k in tensors["memory.keys"]]
+            self.values = [v.clone() for v in tensors["memory.values"]]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Continual test-time adaptation streams: run, score and summarise the adaptive tools.
+"""Continual test-time adaptation streams: run, score and summarise the adaptive tools (the CTTA evaluator).
 
 Protocol (METHODS.md section 3): the source model is trained on the clean centre "A"; the target centres
 (default B -> C -> D -> E, from `medagent.data.shifts`) are streamed in that order, one image at a time
@@ -7,31 +7,30 @@ centre change), for `rounds` repetitions of the same stream. Every image is scor
 made after adapting to it. Forgetting: the tool's mean Dice on the clean centre, run (adapting as usual)
 from its state after the whole stream, minus the same from its fresh state.
 
-Library entry points (the CLI calls these):
+Library entry point (the CLI calls it):
     evaluate_ctta(dataset, methods, rounds=3, ...) -> CTTAReport   # run folder + results JSON
-    adapt_folder(method, source, stream_dir, out_dir)  -> list of written mask paths
+Adapting a folder of a user's images without scores: `medagent.tools.tta.folder.adapt_folder`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from medagent.data.case import Case
-from medagent.errors import ConfigError, DataError
+from medagent.errors import ConfigError
+from medagent.tools.tta.folder import METHOD_ALIASES, build_method  # noqa: F401  (METHOD_ALIASES re-exported)
 
 DEFAULT_CENTRES = ("B", "C", "D", "E")
 #: Severity of the stream's shifts per dataset (calibrated so that the unadapted source loses >= 10 Dice
 #: points from the clean centre to the worst centre; see docs/ctta.md). Others default to 3.
 DEFAULT_SEVERITY: dict[str, float] = {"mni-tissue": 3.0, "nuclei": 3.0}
-#: Method names and how `evaluate_ctta` builds them; "mgipt-reduced" is MGIPT's reduced-step config.
-METHOD_ALIASES = {"mgipt-reduced": ("mgipt", "reduced")}
 
 
 @dataclass
@@ -158,20 +157,6 @@ def _pick(n: int, max_cases: int | None, seed: int) -> list[int]:
     return sorted(int(i) for i in rng.choice(n, size=max_cases, replace=False))
 
 
-def build_method(method: str, dataset: str | None = None, checkpoint: str | None = None,
-                 config: Any = None, device: str = "cpu") -> Any:
-    """An adaptive tool by registry name (or "mgipt-reduced"), with an optional config (dataclass or dict)."""
-    from medagent.tools.registry import load_tool
-
-    name, variant = METHOD_ALIASES.get(method, (method, None))
-    if variant == "reduced":
-        from medagent.tools.tta.mgipt import MGIPTConfig
-
-        overrides = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config or {})
-        config = MGIPTConfig.reduced(**overrides)
-    return load_tool(name, checkpoint=checkpoint, dataset=dataset, device=device, config=config)
-
-
 def evaluate_ctta(
     dataset: str,
     methods: Sequence[str] = ("noadapt", "tent", "cotta", "vptta", "mgipt"),
@@ -296,66 +281,3 @@ def _with_seed(config: Any, seed: int, method: str) -> Any:
     out = dict(config)
     out.setdefault("seed", seed)
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# folders
-# ----------------------------------------------------------------------------------------------
-_MASK_EXTS = (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".tif", ".tiff", ".npy")
-
-
-def _mask_name(path: Path, case: Case) -> str:
-    from medagent.data.io import stem
-
-    low = path.name.lower()
-    for ext in _MASK_EXTS:
-        if low.endswith(ext) and not (ext == ".png" and case.ndim != 2):
-            return stem(path) + ext
-    return stem(path) + (".png" if case.ndim == 2 else ".nii.gz")
-
-
-def adapt_folder(method: str, source: str | Path, stream_dir: str | Path, out_dir: str | Path, config: Any = None,
-                 modality: str | None = None, state_dir: str | Path | None = None, device: str = "cpu") -> list[Path]:
-    """Adapt `method` over the images of `stream_dir` in sorted file-name order and write their masks.
-
-    Args:
-        method: noadapt, tent, cotta, vptta, mgipt (or mgipt-reduced).
-        source: a shipped source dataset name (e.g. "mni-tissue") or a segmenter checkpoint folder.
-        stream_dir: folder of images (any format `medagent.data.io.load_image` reads; sub-folders that
-            are DICOM series count as one image). Files it cannot read are skipped with a warning.
-        out_dir: masks are written here under the input's name (same format where masks can be
-            written in it, else PNG for 2D / NIfTI for 3D), on the input's grid.
-        config: the method's config (dataclass or dict of overrides).
-        modality: the modality of the images when their files do not say.
-        state_dir: resume the tool from this folder when it holds a saved state, and save the final
-            state there (so a stream split over several folders continues).
-    Returns:
-        The written mask paths, in stream order.
-    """
-    from medagent.data.io import load_image, save_mask
-
-    stream_dir, out_dir = Path(stream_dir), Path(out_dir)
-    if not stream_dir.is_dir():
-        raise DataError(f"{stream_dir}: the stream folder does not exist")
-    src = Path(str(source))
-    checkpoint = str(src) if src.is_dir() else None
-    tool = build_method(method, dataset=None if checkpoint else str(source), checkpoint=checkpoint, config=config, device=device)
-    if state_dir is not None and (Path(state_dir) / "state.json").exists():
-        tool.load_state(state_dir)
-    paths = sorted(p for p in stream_dir.iterdir() if not p.name.startswith("."))
-    if not paths:
-        raise DataError(f"{stream_dir}: no images in the stream folder")
-    written: list[Path] = []
-    for path in paths:
-        try:
-            case = load_image(path, modality=modality, class_names=tool.source.class_names)
-        except DataError as exc:
-            warnings.warn(f"adapt_folder: skipped {path}: {exc}", RuntimeWarning, stacklevel=2)
-            continue
-        pred = tool.predict(case)
-        if pred.extras.get("skipped"):
-            continue
-        written.append(save_mask(pred.mask, case, out_dir / _mask_name(path, case)))
-    if state_dir is not None:
-        tool.save_state(state_dir)
-    return written
