@@ -69,7 +69,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512, help="image side in pixels")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="the tiny SAM only, 256 px, 3 repeats")
     args = ap.parse_args()
+    if args.quick:
+        args.models, args.size, args.repeats = "tiny", 256, 3
 
     import torch
 

@@ -54,7 +54,10 @@ def main() -> None:
     ap.add_argument("--max-objects", type=int, default=300, help="objects per dataset (first ones in case order)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="write the table as JSON here")
+    ap.add_argument("--quick", action="store_true", help="mni-lesion and nuclei, 30 objects each")
     args = ap.parse_args()
+    if args.quick:
+        args.datasets, args.max_objects = "mni-lesion,nuclei", 30
 
     import torch
 
