@@ -164,9 +164,31 @@ def run_recipe(config: PolicyRecipeConfig) -> Path:
     return rl / "model"
 
 
+#: The model card's evaluation: the bench's first mni-lesion episodes (`bench/bench_policy.py`, seed 0).
+CARD_EVAL = {"dataset": "mni-lesion", "split": "test", "episodes": 40, "seed": 0, "agents": ("policy", "auto", "mean-box")}
+
+
+def evaluate_for_card(model: str | Path, config: PolicyRecipeConfig) -> list[dict[str, Any]]:
+    """Mean Dice, episode score, turns and invalid-action rate of the policy at `model` and two non-oracle
+    baselines on the same `CARD_EVAL` episodes: one row per agent."""
+    from medagent.eval.agent_eval import evaluate_agents
+
+    env = {"dataset": CARD_EVAL["dataset"], "split": CARD_EVAL["split"], "image_size": config.image_size,
+           "max_turns": config.max_turns}
+    df = evaluate_agents(env, list(CARD_EVAL["agents"]), episodes=CARD_EVAL["episodes"], seed=CARD_EVAL["seed"],
+                         agent_kwargs={"policy": {"policy": str(model)}})
+    rows = []
+    for agent, g in df.groupby("agent", sort=False):
+        attempts = g["calls"].sum() + g["format_failed"].sum()
+        rows.append({"agent": agent, "dice": float(g["dice"].mean()), "episode_score": float(g["episode_score"].mean()),
+                     "turns": float(g["turns"].mean()),
+                     "invalid_rate": float((g["invalid"].sum() + g["format_failed"].sum()) / max(attempts, 1))})
+    return rows
+
+
 def ship(config: PolicyRecipeConfig, name: str = "policy-tiny", version: str = "1") -> Path:
-    """Copy the recipe's final policy into `medagent/weights/<name>` (float16 weights), with a model card and
-    its manifest entry; returns the folder."""
+    """Copy the recipe's final policy into `medagent/weights/<name>` (float16 weights), with a model card (its
+    recipe, timings and an evaluation on `CARD_EVAL` episodes) and its manifest entry; returns the folder."""
     import shutil
 
     import torch
@@ -183,13 +205,18 @@ def ship(config: PolicyRecipeConfig, name: str = "policy-tiny", version: str = "
     # The chat template is TRL's file: not shipped, `load_vlm` reads it from the installed trl instead.
     (dest / "chat_template.jinja").unlink(missing_ok=True)
     timings = json.loads((out / "timings.json").read_text())
+    evaluation = evaluate_for_card(dest, config)
+    (out / "card_eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    table = "\n".join(f"| {r['agent']} | {r['dice']:.3f} | {r['episode_score']:.3f} | {r['turns']:.2f} | {r['invalid_rate']:.1%} |"
+                      for r in evaluation)
     params = sum(p.numel() for p in model.parameters())
     defaults = dataclasses.asdict(PolicyRecipeConfig())
     changed = {k: v for k, v in dataclasses.asdict(config).items() if k != "out_dir" and v != defaults[k]}
     flags = " ".join(f"--set {k}={json.dumps(v)}" for k, v in changed.items())
     (dest / "README.md").write_text(MODEL_CARD.format(
         version=version, params=params, expert=config.expert, command=f"medagent train policy --out DIR {flags}".strip(),
-        recipe=json.dumps(dataclasses.asdict(config), indent=2), timings=json.dumps(timings, indent=2),
+        recipe=json.dumps(dataclasses.asdict(config), indent=2), timings=json.dumps(timings, indent=2), table=table,
+        datasets=", ".join(f"`{d}`" for d in config.datasets), eval_episodes=CARD_EVAL["episodes"],
         total=sum(timings.values()) / 60.0))
     record_weights(name, "mni-lesion-v1+nuclei-v1+ct-phantom-v1", version=version)
     return dest
@@ -202,7 +229,9 @@ A Qwen3-VL architecture built from a config ({params} parameters, float16 here; 
 tokenizer trained on medagent's own text (every integer 0-999 one token).
 
 - What it does: calls `auto_segment`, reads the regions the tool answer lists (boxes in the 0-999 frame, nearest
-  the top-left first), prompts SAM with the box of the region the instruction asks for, and stops.
+  the top-left first, areas in pixels), prompts SAM with the box of the region the instruction asks for, and stops.
+- Data: the train splits of the builtin datasets {datasets} (procedural datasets with several dataset seeds),
+  played by the teacher agent in the environment with the shipped tools; no external data, no pretrained weights.
 - Recipe (`medagent.train.policy_recipe`, every stage resumable and step-exact):
   `{command}` then `--ship`. Stages: teacher trajectories (`{expert}`) -> grounding SFT -> trajectory SFT ->
   GRPO in the env (mni-lesion train split).
@@ -218,7 +247,14 @@ tokenizer trained on medagent's own text (every integer 0-999 one token).
 {timings}
 ```
 
-- Evaluation: `python bench/bench_policy.py` (test splits, paired episodes; numbers in docs/policy.md).
+- Evaluation at ship time (`medagent.train.policy_recipe.evaluate_for_card`): the first {eval_episodes} paired
+  mni-lesion test episodes of `bench/bench_policy.py` (seed 0); invalid rate = (invalid calls + format
+  failures) / (calls + format failures). The full tables (three datasets, paired intervals, costs) come from
+  `python bench/bench_policy.py` and are in docs/policy.md.
+
+| agent | Dice | episode score | turns | invalid rate |
+|---|---|---|---|---|
+{table}
 - Limits: trained on synthetic and template-derived data with the shipped tiny tools; it chooses among the
   regions an automatic segmenter proposes, so it cannot find a target the segmenter misses. A demonstration
   policy, not a clinical one.
