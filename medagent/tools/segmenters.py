@@ -10,14 +10,14 @@ into per-class softmax probabilities and an argmax mask.
     pred = tool.predict(case)                        # pred.mask (H, W) uint8, pred.probabilities (K, H, W)
     pred = tool.predict(case, target="grey matter")  # binary mask of one class (by index or name)
 
-Checkpoints are folders with `model.safetensors` + `config.json` (`save_pretrained` / `from_pretrained`);
-only safetensors are ever loaded.
+Checkpoints are folders with `model.safetensors` + `config.json` (`save_pretrained` / `from_pretrained`,
+through `medagent.tools.checkpoint`): a local folder or a Hub id `hf://owner/name[@revision]`; only
+safetensors are ever loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +30,7 @@ from medagent.data.case import Case
 from medagent.data.intensity import IntensityConfig, normalize
 from medagent.errors import CheckpointError, ConfigError, DataError, ToolError, ToolUnavailable
 from medagent.tools.base import Prediction, Tool, ToolKind
+from medagent.tools.checkpoint import load_state_strict, read_config, read_weights, resolve_checkpoint, write_checkpoint
 from medagent.tools.nets.allukan import ALLUKAN
 from medagent.tools.nets.fuzzy import FuzzyInput
 from medagent.tools.nets.kan import DEFAULT_FORM
@@ -39,6 +40,8 @@ MODELS = ("unet", "ifunet", "allukan")
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+#: The `format` entry of the weights' safetensors metadata.
+WEIGHTS_FORMAT = "medagent-segmenter"
 DEFAULT_DATASET = "mni-tissue"
 
 
@@ -208,58 +211,30 @@ class SegmenterTool(Tool):
     # -- checkpoints ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write `model.safetensors` + `config.json` into `directory` (created)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE), metadata={"model": self.name, "format": "medagent-segmenter"})
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        return directory
+        return write_checkpoint(directory, self.config.to_dict(), self.net.state_dict(), config_name=CONFIG_FILE,
+                                weights_name=WEIGHTS_FILE, metadata={"model": self.name, "format": WEIGHTS_FORMAT})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", **overrides: Any) -> "SegmenterTool":
-        """Load a checkpoint folder (or its model.safetensors file). Only safetensors are loaded.
+        """Load a checkpoint: a folder, its model.safetensors, or a Hub id `hf://owner/name[@revision]`.
 
-        Raises CheckpointError for a missing/corrupt file, a config.json for another model, unknown
-        fields, or weights whose shapes do not match the config (naming the field when it can tell).
+        Only safetensors are loaded. Raises CheckpointError for a missing/corrupt file, a config.json for
+        another model, unknown fields, or weights whose shapes do not match the config (naming the field
+        when it can tell).
         """
-        path = Path(directory)
-        if path.is_file():
-            if path.suffix != ".safetensors":
-                raise CheckpointError(f"{path}: only .safetensors weights are loaded (never pickles such as .pt/.pth/.bin)")
-            path = path.parent
-        if not path.is_dir():
-            raise CheckpointError(f"{path}: no such checkpoint folder")
-        cfg_path, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
-        for needed in (cfg_path, weights):
-            if not needed.exists():
-                raise CheckpointError(f"{needed}: missing (a checkpoint folder holds {WEIGHTS_FILE} and {CONFIG_FILE})")
-        try:
-            data = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{cfg_path}: not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{cfg_path}: expected a JSON object")
-        data.update(overrides)
-        if data.get("model") != cls.name:
-            raise CheckpointError(f"{cfg_path}: config field 'model' is {data.get('model')!r} but this is the {cls.name!r} tool")
-        config = SegmenterConfig.from_dict(data, source=str(cfg_path))
-        state = load_safetensors(weights)
+        folder = resolve_checkpoint(directory, needs=(CONFIG_FILE, WEIGHTS_FILE), kind=cls.name)
+        cfg_path, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+        data = read_config(cfg_path, kind=cls.name, expect={"model": cls.name})
+        config = SegmenterConfig.from_dict({**data, **overrides}, source=str(cfg_path))
+        state = read_weights(weights)
         net = build_network(config)
         check_state(net, state, config, weights)
-        net.load_state_dict(state)
+        load_state_strict(net, state, weights, what=f"the {config.model!r} network of {CONFIG_FILE}")
         return cls(config, net, device=device)
 
 
-def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; CheckpointError naming the file when it is not a valid one."""
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own SafetensorError / OSError variants
-        raise CheckpointError(f"{path}: corrupt or not a safetensors file ({exc})") from exc
+#: The safetensors reader every trainer and tool shares (kept under its old name).
+load_safetensors = read_weights
 
 
 _DIAGNOSE = {
@@ -270,7 +245,10 @@ _DIAGNOSE = {
 
 
 def check_state(net: nn.Module, state: dict[str, torch.Tensor], config: SegmenterConfig, source: Path) -> None:
-    """Raise CheckpointError when `state` does not fit `net`; name the config field that explains it."""
+    """Raise CheckpointError naming the config field when `state` fits `net` with one field changed.
+
+    Anything else that does not fit (keys, shapes) is left to `load_state_strict`, which names the keys.
+    """
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if expected == got:
@@ -291,13 +269,6 @@ def check_state(net: nn.Module, state: dict[str, torch.Tensor], config: Segmente
                     f"{source}: weights do not match config.json: config field {name!r} is {current!r} "
                     f"but the weights were saved with {name}={value!r}"
                 )
-    missing = sorted(set(expected) - set(got))[:3]
-    unexpected = sorted(set(got) - set(expected))[:3]
-    wrong = [f"{k}: file {got[k]} vs model {expected[k]}" for k in expected if k in got and got[k] != expected[k]][:3]
-    raise CheckpointError(
-        f"{source}: weights do not match config.json (model {config.model!r}); missing {missing}, "
-        f"unexpected {unexpected}, shape mismatches {wrong}"
-    )
 
 
 class UNetTool(SegmenterTool):
@@ -332,7 +303,8 @@ def build_segmenter(model: str, checkpoint: str | Path | None = None, dataset: s
 
     Args:
         model: "unet", "ifunet" or "allukan".
-        checkpoint: a checkpoint folder (or its model.safetensors); overrides `dataset`.
+        checkpoint: a checkpoint folder (or its model.safetensors) or a Hub id `hf://owner/name[@revision]`;
+            overrides `dataset`.
         dataset: which shipped checkpoint to load (default "mni-tissue").
         pretrained: False builds an untrained network from `config` (for training).
         device: torch device.
