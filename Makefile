@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HASH := $(shell cat pyproject.toml constraints/cpu.txt | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.stamp-$(HASH)
-EXTRAS ?= test,fl
+# `fl` (flwr) joins the default once federated training uses it; `make EXTRAS=test,fl` installs it now.
+EXTRAS ?= test
 
 .PHONY: install demo test bench clean-venv
 
