@@ -4,8 +4,9 @@
     python bench/bench_policy.py --recipe medagent-runs/policy --episodes 60 --quick
 
 Part 1 (quality), on the test splits of mni-lesion, nuclei and ct-phantom, the same episodes for every agent:
-MeanBox, Auto, the blob heuristic, the grounding-only model, SFT, SFT+GRPO (the shipped policy), and the
-references OracleBox, expert-regions (the policy's teacher) and the hybrid expert. Columns: final Dice, episode
+MeanBox, Auto, the blob heuristic, ranked-regions (the policy's teacher: a rule on the tool answer, no GT), the
+grounding-only model, SFT, SFT+GRPO (the shipped policy), and the references OracleBox, expert-regions (the same
+moves choosing with the GT) and the hybrid expert. Columns: final Dice, episode
 score, mean turns, invalid-action rate ((invalid calls + format failures) / (calls + format failures)), tool
 use; then paired bootstrap 95% intervals (over subjects) of SFT+GRPO - SFT and of the policy - MeanBox / Auto.
 Part 2 (rollout throughput): 8 episodes played one env at a time vs all 8 envs batched into one `generate`
@@ -18,9 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +45,8 @@ def quality(args: argparse.Namespace) -> None:
             models[label] = str(recipe / folder / "model")
         else:
             print(f"(no {recipe / folder / 'model'}: the {label} row is skipped; run `medagent train policy --out {recipe}`)")
-    agents = ["mean-box", "auto", "blob", *[m for m in ("grounding", "sft") if m in models], "policy", "oracle-box",
-              "expert-regions", "expert"]
+    agents = ["mean-box", "auto", "blob", "ranked-regions", *[m for m in ("grounding", "sft") if m in models], "policy",
+              "oracle-box", "expert-regions", "expert"]
     kwargs = {name: {"agent": "policy", "policy": path} for name, path in models.items()}
     frames = []
     for dataset in args.datasets:
@@ -69,10 +72,20 @@ def quality(args: argparse.Namespace) -> None:
         print(f"| {dataset} | {agent} | {g['dice'].mean():.3f} | {g['episode_score'].mean():.3f} | {g['turns'].mean():.2f} "
               f"| {invalid:.1%} | {tools} | {'yes' if g['oracle'].iloc[0] else 'no'} |")
 
+    print("\n## Why calls were invalid (learned agents; numbers replaced by N)\n")
+    print("| dataset | agent | invalid or failed calls | most frequent answers (count) |")
+    print("|---|---|---|---|")
+    for (dataset, agent), g in df.groupby(["dataset", "agent"], sort=False):
+        if agent not in models:
+            continue
+        reasons = Counter(re.sub(r"-?\d+(\.\d+)?", "N", text) for errors in g["errors"] for text in json.loads(errors))
+        top = "; ".join(f"{text[:70]} ({n})" for text, n in reasons.most_common(3)) or "-"
+        print(f"| {dataset} | {agent} | {sum(reasons.values())} | {top.replace('|', '/')} |")
+
     print("\n## Paired differences (95% bootstrap over subjects)\n")
     print("| dataset | difference | metric | mean [95% CI] |")
     print("|---|---|---|---|")
-    pairs = [("policy", "mean-box"), ("policy", "auto"), ("policy", "sft")]
+    pairs = [("policy", "mean-box"), ("policy", "auto"), ("policy", "ranked-regions"), ("policy", "sft")]
     for dataset, g in df.groupby("dataset", sort=False):
         by = {a: x.sort_values("episode") for a, x in g.groupby("agent")}
         for a, b in pairs:

@@ -188,15 +188,16 @@ def _policy_section(run: Any, console: Any, quick: bool, seed: int) -> None:
         console.print(f"  [yellow]skipped[/] the shipped policy: {exc}")
         shipped = None
     if shipped is not None:
-        df = evaluate_agents(test, ["policy", "mean-box", "auto", "expert-regions"], episodes=8 if quick else 30, seed=seed)
+        df = evaluate_agents(test, ["policy", "mean-box", "auto", "ranked-regions", "expert-regions"], episodes=8 if quick else 30,
+                             seed=seed)
         df.to_parquet(run.path / "policy.parquet")
         console.print(agents_table(df, title="The shipped tiny policy (grounding -> SFT -> GRPO) against baselines, "
-                                             "same episodes; expert-regions is its teacher (reads GT)"))
+                                             "same episodes; ranked-regions is its teacher (no GT), expert-regions reads GT"))
     # The loop itself, small: expert trajectories -> SFT -> GRPO -> the policy plays.
     settings = {"dataset": "mni-lesion", "split": "train", "image_size": 128}
     episodes = 8 if quick else 24
     trajectories = generate(functools.partial(InteractiveSegEnv, **settings), run.path / "trajectories",
-                            GenerateConfig(agent="expert-regions", episodes=episodes, seed=seed, shard_size=8),
+                            GenerateConfig(agent="ranked-regions", episodes=episodes, seed=seed, shard_size=8),
                             env_description=settings)
     export_trl(trajectories, run.path / "sft-data", val_fraction=0.0)
     steps = 10 if quick else 40
@@ -211,7 +212,7 @@ def _policy_section(run: Any, console: Any, quick: bool, seed: int) -> None:
                                       max_completion_length=512, learning_rate=1e-5, num_threads=1, progress=False))
     rewards = [json.loads(line).get("reward") for line in (grpo_dir / "metrics.jsonl").read_text().splitlines()]
     rewards = [v for v in rewards if v is not None]
-    console.print(f"  {episodes} expert-regions episodes -> SFT {steps} steps (loss {losses[0]:.2f} -> {losses[-1]:.2f}) "
+    console.print(f"  {episodes} ranked-regions episodes -> SFT {steps} steps (loss {losses[0]:.2f} -> {losses[-1]:.2f}) "
                   f"-> GRPO 2 steps in the env (mean reward {sum(rewards) / max(len(rewards), 1):.3f})")
     df = evaluate_agents(test, ["vlm"], episodes=2 if quick else 8, seed=seed,
                          agent_kwargs={"vlm": {"model": str(grpo_dir / "model")}})

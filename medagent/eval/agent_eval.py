@@ -22,7 +22,8 @@ def evaluate_agents(env_settings: dict[str, Any], agents: list[str], episodes: i
                     agent_kwargs: dict[str, dict[str, Any]] | None = None, tools: dict[str, Any] | None = None) -> Any:
     """One row per (agent, episode): dataset, case, subject, instruction, dice, iou, turns, episode_score, oracle,
     calls, invalid (calls the parser or validator rejected), failed (tool errors), format_failed (the episode
-    ended on a message with no parseable call), tool_counts (JSON: tool name -> calls), seconds (wall time).
+    ended on a message with no parseable call), tool_counts (JSON: tool name -> calls), errors (JSON: the
+    env's answers to the invalid and failed calls, in order), seconds (wall time).
 
     Args:
         env_settings: `EnvConfig` fields (dataset, split, image_size, max_turns, ...).
@@ -58,6 +59,8 @@ def evaluate_agents(env_settings: dict[str, Any], agents: list[str], episodes: i
                 "calls": len(records), "invalid": sum(r.outcome == "invalid" for r in records),
                 "failed": sum(r.outcome == "failed" for r in records), "format_failed": bool(episode.trace.format_failed),
                 "tool_counts": json.dumps(dict(Counter(r.name or "?" for r in records)), sort_keys=True),
+                "errors": json.dumps([line.split(" -> ", 1)[-1] for r, line in zip(records, episode.history)
+                                      if r.outcome in ("invalid", "failed")]),
                 "seconds": seconds,
             })
     env.close()
