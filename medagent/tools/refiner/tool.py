@@ -13,19 +13,18 @@ contour map and polygons (representation.py).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from medagent.data.case import Case
 from medagent.data.intensity import normalize
 from medagent.errors import CheckpointError, DataError, ToolError, ToolUnavailable
 from medagent.tools.base import Prediction, Tool, ToolKind, require_2d
+from medagent.tools.checkpoint import is_hub_id, load_state_strict, read_config, read_weights, resolve_checkpoint, write_checkpoint
 from medagent.tools.refiner.diffusion import reverse_sample
 from medagent.tools.refiner.network import RefinerNet, RefinerNetConfig
 from medagent.tools.refiner.representation import clean_mask, contour_band, contour_map, mask_polygons
@@ -192,37 +191,28 @@ class RefineTool(Tool):
     # -- checkpoints ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, model_name: str = "model", extra: dict | None = None) -> Path:
         """Write `<model_name>.safetensors` and its config (`config.json` for "model", else `<model_name>.json`)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(directory / f"{model_name}.safetensors"))
         config = {"tool": self.name, "net": self.net.config.to_dict(), "refiner": asdict(self.config), **(extra or {})}
-        (directory / _config_name(model_name)).write_text(json.dumps(config, indent=2) + "\n")
-        return directory
+        return write_checkpoint(directory, config, self.net.state_dict(), config_name=_config_name(model_name),
+                                weights_name=f"{model_name}.safetensors")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, model_name: str = "model", **overrides: Any) -> "RefineTool":
-        """Load a checkpoint folder written by `save_pretrained`; `overrides` replace RefinerConfig fields."""
-        directory = Path(directory)
-        if directory.is_file():
-            directory, model_name = directory.parent, directory.stem
-        weights, config_path = directory / f"{model_name}.safetensors", directory / _config_name(model_name)
-        for path in (weights, config_path):
-            if not path.exists():
-                raise CheckpointError(f"refine checkpoint {directory}: missing {path.name}")
-        try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{config_path}: not valid JSON: {exc}") from exc
-        if config.get("tool") != cls.name or "net" not in config:
-            raise CheckpointError(f"{config_path}: not a refine config (tool={config.get('tool')!r})")
+        """Load a checkpoint written by `save_pretrained`: a folder, one of its files (which names the model:
+        `oneshot.safetensors` loads "oneshot"), or a Hub id `hf://owner/name[@revision]`; `overrides` replace
+        RefinerConfig fields."""
+        if not is_hub_id(directory) and Path(directory).is_file():
+            model_name = "model" if Path(directory).name == "config.json" else Path(directory).stem
+        weights_name, config_name = f"{model_name}.safetensors", _config_name(model_name)
+        folder = resolve_checkpoint(directory, needs=(weights_name, config_name), kind="refine")
+        config_path, weights = folder / config_name, folder / weights_name
+        config = read_config(config_path, kind="refine", expect={"tool": cls.name})
+        if "net" not in config:
+            raise CheckpointError(f"{config_path}: not a refine config (no 'net' entry describing the network)")
         bad = set(overrides) - {f.name for f in fields(RefinerConfig)}
         if bad:
             raise ToolError(f"refine: unknown config field(s) {sorted(bad)}; known: {[f.name for f in fields(RefinerConfig)]}")
         net = RefinerNet(RefinerNetConfig.from_dict(config["net"]))
-        try:
-            net.load_state_dict(load_file(str(weights)))
-        except RuntimeError as exc:
-            raise CheckpointError(f"{weights}: does not match the network in {config_path.name}: {exc}") from exc
+        load_state_strict(net, read_weights(weights), weights, what=f"the network in {config_path.name}")
         refiner_cfg = RefinerConfig.from_dict({**config.get("refiner", {}), **overrides})
         return cls(net, refiner_cfg, provenance={k: v for k, v in config.items() if k not in ("net", "refiner")})
 
@@ -232,7 +222,8 @@ def _config_name(model_name: str) -> str:
 
 
 def build(checkpoint: str | None = None, **config: Any) -> RefineTool:
-    """Registry builder: the shipped `refine-tiny` weights, or a checkpoint folder/file written by save_pretrained.
+    """Registry builder: the shipped `refine-tiny` weights, or a checkpoint folder/file written by save_pretrained
+    (or a Hub id `hf://owner/name[@revision]`).
 
     `config` may hold RefinerConfig fields (steps, band_radius, ...) and `model_name` ("model" for the
     diffusion refiner, "oneshot" for the shipped one-shot baseline).

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from medagent.errors import CheckpointError, ConfigError
+from medagent.tools.checkpoint import load_state_strict
 
 
 @dataclass(frozen=True)
@@ -220,21 +221,7 @@ def detect_model_type(state: dict[str, torch.Tensor], path: str | Path = "checkp
 
 def load_state_dict_strict(model: "torch.nn.Module", state: dict[str, torch.Tensor], path: str | Path) -> None:
     """`load_state_dict` that turns missing/unexpected keys and shape mismatches into a CheckpointError."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or mismatched:
-        show = lambda keys: ", ".join(keys[:6]) + (f" ... (+{len(keys) - 6})" if len(keys) > 6 else "")  # noqa: E731
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
-        if mismatched:
-            parts.append("shape mismatches: " + show([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched]))
-        raise CheckpointError(f"{path} does not fit this SAM architecture; " + "; ".join(parts))
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+    load_state_strict(model, state, path, what="this SAM architecture")
 
 
 def load_official(path: str | Path, model_type: str | None = None) -> tuple["torch.nn.Module", str]:

@@ -16,12 +16,12 @@ column (thin objects have such boxes); a box that covers no pixel of the image (
 entirely outside) has zero area: `ToolError`, as are points outside the image.
 
 Checkpoints: a folder saved by `save_pretrained` (config.json with architecture + preprocessing, and
-model.safetensors), or an official SAM / MedSAM `.pth` read with `torch.load(weights_only=True)`.
+model.safetensors; local or a Hub id `hf://owner/name[@revision]`, see `medagent.tools.checkpoint`), or an
+official SAM / MedSAM `.pth` read with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,6 +35,8 @@ from medagent.data.case import Case
 from medagent.data.intensity import IntensityConfig
 from medagent.errors import CheckpointError, ConfigError, ToolError, ToolUnavailable
 from medagent.tools.base import Prediction, Tool, ToolKind, require_2d
+from medagent.tools.checkpoint import (FOLDER_FILE_SUFFIXES, PICKLE_SUFFIXES, is_hub_id, read_config, read_weights,
+                                       resolve_checkpoint, write_checkpoint)
 from medagent.tools.sam.model import OFFICIAL_ARCHS, SamArchConfig, build_sam, load_official, load_state_dict_strict
 from medagent.tools.sam.predictor import EmbeddingCache, SamPredictorCached
 from medagent.tools.sam.preprocess import PRESETS, Preprocessing, mask_to_low_res_logits
@@ -187,15 +189,8 @@ class SamTool(Tool):
     # -- checkpoints ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: str = "float32") -> Path:
         """Write config.json (architecture, preprocessing) and model.safetensors (weights in `dtype`)."""
-        from safetensors.torch import save_file
-
         if dtype not in ("float32", "float16"):
             raise ConfigError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        torch_dtype = getattr(torch, dtype)
-        state = {k: v.detach().to("cpu", torch_dtype).contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(out / WEIGHTS_NAME), metadata={"format": FORMAT})
         meta = {
             "format": FORMAT,
             "version": 1,
@@ -204,37 +199,25 @@ class SamTool(Tool):
             "preprocessing": self.preprocessing.to_dict(),
             "dtype": dtype,
         }
-        (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-        return out
+        return write_checkpoint(directory, meta, self.model.state_dict(), config_name=CONFIG_NAME,
+                                weights_name=WEIGHTS_NAME, dtype=getattr(torch, dtype), metadata={"format": FORMAT})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: Any) -> "SamTool":
-        """Load a folder written by `save_pretrained`; `overrides` are `SamConfig` fields."""
-        from safetensors.torch import load_file
-
-        folder = Path(directory)
-        cfg_path = folder / CONFIG_NAME
-        w_path = folder / WEIGHTS_NAME
-        if not cfg_path.is_file() or not w_path.is_file():
-            raise CheckpointError(f"{folder} is not a medagent SAM folder: it needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{cfg_path} is not valid JSON: {exc}") from exc
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{cfg_path}: format {meta.get('format')!r} is not {FORMAT!r}")
+        """Load a folder written by `save_pretrained` (or its model.safetensors, or a Hub id
+        `hf://owner/name[@revision]`); `overrides` are `SamConfig` fields."""
+        folder = resolve_checkpoint(directory, needs=(CONFIG_NAME, WEIGHTS_NAME), kind="medagent SAM")
+        cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        meta = read_config(cfg_path, kind="medagent SAM", expect={"format": FORMAT})
         try:
             arch = SamArchConfig.from_dict(meta["arch"])
             pre = Preprocessing.from_dict(meta["preprocessing"])
         except (KeyError, ConfigError, TypeError) as exc:
             raise CheckpointError(f"{cfg_path}: bad architecture or preprocessing entry: {exc}") from exc
         model = build_sam(arch)
-        try:
-            state = load_file(str(w_path))
-        except Exception as exc:
-            raise CheckpointError(f"cannot read {w_path}: {exc}") from exc
-        load_state_dict_strict(model, state, w_path)
-        return cls(model, pre, arch, SamConfig(**overrides), source=str(folder), model_type=meta.get("model_type", "custom"))
+        load_state_dict_strict(model, read_weights(w_path), w_path)
+        source = str(directory) if is_hub_id(directory) else str(folder)
+        return cls(model, pre, arch, SamConfig(**overrides), source=source, model_type=meta.get("model_type", "custom"))
 
     @classmethod
     def from_official(cls, path: str | Path, **overrides: Any) -> "SamTool":
@@ -249,19 +232,19 @@ class SamTool(Tool):
 
 
 def build(checkpoint: str | Path | None = None, **config: Any) -> SamTool:
-    """Registry builder: the shipped tiny SAM, a saved folder, or an official `.pth` file."""
+    """Registry builder: the shipped tiny SAM, a saved folder (or its model.safetensors, or a Hub id
+    `hf://owner/name[@revision]`), or an official `.pth` file (`SamTool.from_official`)."""
     if checkpoint is None:
         if not (SHIPPED_WEIGHTS / WEIGHTS_NAME).is_file():
             raise ToolUnavailable(f"tool 'sam': no shipped weights in {SHIPPED_WEIGHTS}; pass checkpoint=PATH")
         return SamTool.from_pretrained(SHIPPED_WEIGHTS, **config)
-    path = Path(checkpoint)
-    if path.is_dir():
-        return SamTool.from_pretrained(path, **config)
-    if path.is_file() and path.name == WEIGHTS_NAME:
-        return SamTool.from_pretrained(path.parent, **config)
-    if path.is_file():
-        return SamTool.from_official(path, **config)
-    raise CheckpointError(f"SAM checkpoint {path} does not exist")
+    if not is_hub_id(checkpoint):
+        path = Path(checkpoint)
+        suffix = path.suffix.lower()
+        if suffix in PICKLE_SUFFIXES or (path.is_file() and suffix not in FOLDER_FILE_SUFFIXES):
+            # the one explicit importer of pickled weights: torch.load(weights_only=True) + a key/shape check
+            return SamTool.from_official(path, **config)
+    return SamTool.from_pretrained(checkpoint, **config)
 
 
 # -- prompt validation ---------------------------------------------------------------------------
