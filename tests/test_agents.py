@@ -113,3 +113,13 @@ def test_episode_fork_leaves_the_episode_untouched():
     assert (len(ep.trace.calls), ep.score, ep.history, len(ep.undo_stack)) == before[2:]
     _, _, _, _, info = env.step(format_call("undo"))  # the real undo still restores the box-only state
     assert info["outcomes"] == ["undo"] and len(env.episode.session.state.points) == 0
+
+
+@pytest.mark.parametrize("name", ["ranked-regions", "expert-regions"])
+def test_region_agents_segment_choose_once_then_stop(name):
+    env = make_env(max_turns=5)
+    result = run_episode(env, make_agent(name), seed=0)
+    records = env.unwrapped.episode.trace.calls
+    names = [r.name for r in records]
+    assert names[0] == "auto_segment" and names[-1] == "stop_action" and len(names) in (2, 3)
+    assert all(r.outcome != "invalid" for r in records) and result.turns == len(names)

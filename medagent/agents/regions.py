@@ -62,15 +62,12 @@ def ranked_region(regions: list[tuple[list[int], int]], rank: int, count: int) -
     return kept[rank - 1] if rank <= len(kept) else None
 
 
-class RegionExpertAgent(Agent):
-    """auto_segment, then the best of stop / add_bbox(listed region box), then stop (module docstring).
+class _RegionChooser(Agent):
+    """The two region agents' episode: `auto_segment`, then one choice (`choose`), then `stop_action`.
 
     Args:
         model: the automatic segmenter to call first.
     """
-
-    name = "expert-regions"
-    uses_ground_truth = True
 
     def __init__(self, model: str = "unet") -> None:
         self.model = model
@@ -81,6 +78,20 @@ class RegionExpertAgent(Agent):
             return format_call("auto_segment", {"model": self.model})
         if ep.turns >= 2 or ep.turns >= ep.config.max_turns - 1:
             return format_call("stop_action")
+        return self.choose(ep)
+
+    def choose(self, ep: Any) -> str:
+        """The second message, given the episode after `auto_segment`."""
+        raise NotImplementedError
+
+
+class RegionExpertAgent(_RegionChooser):
+    """auto_segment, then the best of stop / add_bbox(listed region box), then stop (module docstring)."""
+
+    name = "expert-regions"
+    uses_ground_truth = True
+
+    def choose(self, ep: Any) -> str:
         boxes = [box for box, _ in region_boxes(ep.mask, ep.config.region_min_area)[: ep.config.max_regions]]
         if not boxes:
             ys, xs = np.nonzero(ep.gt)
@@ -96,24 +107,12 @@ class RegionExpertAgent(Agent):
         return format_call("add_bbox", {"bbox_2d": best})
 
 
-class RankedRegionsAgent(Agent):
-    """auto_segment, then `add_bbox` with `ranked_region`'s box (or stop), then stop; no ground truth.
-
-    Args:
-        model: the automatic segmenter to call first.
-    """
+class RankedRegionsAgent(_RegionChooser):
+    """auto_segment, then `add_bbox` with `ranked_region`'s box (or stop), then stop; no ground truth."""
 
     name = "ranked-regions"
 
-    def __init__(self, model: str = "unet") -> None:
-        self.model = model
-
-    def act(self, observation: dict[str, Any], env: Any) -> str:
-        ep = self.episode(env)
-        if ep.turns == 0:
-            return format_call("auto_segment", {"model": self.model})
-        if ep.turns >= 2 or ep.turns >= ep.config.max_turns - 1:
-            return format_call("stop_action")
+    def choose(self, ep: Any) -> str:
         regions = region_boxes(ep.mask, ep.config.region_min_area)[: ep.config.max_regions]
         box = ranked_region(regions, *instruction_rank_and_count(ep.target.instruction))
         return format_call("stop_action") if box is None else format_call("add_bbox", {"bbox_2d": box})
