@@ -108,8 +108,8 @@ def resolve_checkpoint(reference: str | Path, needs: tuple[str, ...] = (), kind:
     if missing:
         where = label if label == str(folder) else f"{label} (in {folder})"
         raise CheckpointError(
-            f"{where}: not a {kind} checkpoint folder: missing {', '.join(missing)} "
-            f"(a {kind} checkpoint folder holds {' and '.join(needs)})"
+            f"{where}: not {_a(kind)} checkpoint folder: missing {', '.join(missing)} "
+            f"({_a(kind)} checkpoint folder holds {' and '.join(needs)})"
         )
     return folder
 
@@ -170,11 +170,15 @@ def read_config(path: Path, kind: str = "medagent", expect: Mapping[str, Any] | 
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
     for field, value in (expect or {}).items():
         if data.get(field) != value:
-            article = "an" if kind[:1].lower() in "aeiou" else "a"
             raise CheckpointError(
-                f"{path}: not {article} {kind} config: field {field!r} is {data.get(field)!r}, expected {value!r}"
+                f"{path}: not {_a(kind)} config: field {field!r} is {data.get(field)!r}, expected {value!r}"
             )
     return data
+
+
+def _a(kind: str) -> str:
+    """"a unet" / "an otsu": `kind` with its indefinite article, for messages."""
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

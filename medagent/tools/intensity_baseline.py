@@ -21,7 +21,6 @@ increasing intensity) to name them, e.g. for T1 MR brain: {1: "cerebrospinal flu
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,10 @@ import numpy as np
 from medagent.data.case import Case
 from medagent.errors import CheckpointError, ConfigError, DataError
 from medagent.tools.base import Prediction, Tool, ToolKind
+from medagent.tools.checkpoint import read_config, resolve_checkpoint, write_checkpoint
+
+#: The one file of an otsu checkpoint folder.
+CONFIG_NAME = "config.json"
 
 #: Band names for the builtin tasks, by increasing intensity (used when a dataset name is given).
 PRESETS: dict[str, dict[int, str]] = {
@@ -95,21 +98,20 @@ class OtsuTool(Tool):
             mask = np.digitize(scaled, bands).astype(np.uint8)
         return Prediction(mask=mask, extras={"thresholds": [float(t) for t in bands]})
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({"tool": self.name, **asdict(self.config)}, indent=2))
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json: the tool tag and the `OtsuConfig` fields (there are no weights)."""
+        return write_checkpoint(directory, {"tool": self.name, **asdict(self.config)}, config_name=CONFIG_NAME)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: object) -> "OtsuTool":
-        path = Path(directory) / "config.json"
+        """Load a folder written by `save_pretrained` (or its config.json, or a Hub id `hf://owner/name[@revision]`)."""
+        folder = resolve_checkpoint(directory, needs=(CONFIG_NAME,), kind="otsu")
+        data = read_config(folder / CONFIG_NAME, kind="otsu", expect={"tool": cls.name})
+        data.pop("tool")
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: cannot read the otsu config: {exc}") from exc
-        if data.pop("tool", None) != cls.name:
-            raise CheckpointError(f"{path}: not an otsu config (field 'tool' must be 'otsu')")
-        return cls(OtsuConfig(**{**data, **overrides}))
+            return cls(OtsuConfig(**{**data, **overrides}))
+        except TypeError as exc:  # an unknown field
+            raise CheckpointError(f"{folder / CONFIG_NAME}: not an otsu config: {exc}") from exc
 
 
 def head_mask(image: np.ndarray, sigma: float = 1.0, level: float = 0.5) -> np.ndarray:
