@@ -125,7 +125,8 @@ def dice_after_training(variant: str, steps: int, width: int) -> float:
     """Val mean Dice of ALL U-KAN (this variant) after `steps` steps on mni-tissue (seed 0, crop 64)."""
     import tempfile
 
-    from medagent.train.tool_trainer import ToolTrainerConfig, train_tool
+    from medagent.train.segmenter_config import ToolTrainerConfig
+    from medagent.train.tool_trainer import train_tool
 
     layer, form, grad_free = VARIANTS[variant]
     with tempfile.TemporaryDirectory() as tmp:

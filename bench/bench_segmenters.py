@@ -1,7 +1,7 @@
 """Accuracy benchmark of the automatic segmenters, measured side by side in one run.
 
 Intensity baseline (`otsu`) / UNet / IF-UNet / ALL U-KAN, each network trained with the same budget and
-recipe (`medagent.train.tool_trainer`: steps, batch, crop, lr, augmentation, seed), for several seeds, on
+recipe (`medagent.train.shipped_segmenters`: steps, batch, crop, lr, augmentation, seed), for several seeds, on
 - the mni-tissue test split (clean, centre "A"),
 - the same test split at the shifted centres B-E, severity 3 (`medagent.data.shifts.shifted_dataset`),
 - one other builtin task (default nuclei), trained and tested on its own splits.
@@ -29,7 +29,8 @@ from medagent.data.shifts import shifted_dataset
 from medagent.metrics import per_class
 from medagent.tools import load_tool
 from medagent.tools.segmenters import TOOL_CLASSES
-from medagent.train.tool_trainer import SHIPPED_RECIPES, _as_2d, shipped_config, train_tool
+from medagent.train.shipped_segmenters import SHIPPED_RECIPES, shipped_config
+from medagent.train.tool_trainer import _as_2d, train_tool
 
 NETWORKS = ("unet", "ifunet", "allukan")
 

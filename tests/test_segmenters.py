@@ -166,7 +166,7 @@ def test_shipped_checkpoint_reproduces_recorded_dice(name):
         pytest.fail(f"shipped checkpoint {name} is missing")
     problems = [p for p in verify_weights() if p.startswith(name)]
     assert not problems, problems
-    from medagent.train.tool_trainer import SHIPPED_VERSIONS
+    from medagent.train.shipped_segmenters import SHIPPED_VERSIONS
     from medagent.weights import read_manifest
 
     assert read_manifest()[name]["version"] == SHIPPED_VERSIONS[name]  # a re-trained recipe bumps the version

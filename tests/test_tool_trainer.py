@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+import medagent.train.augment as augment
+import medagent.train.shipped_segmenters as shipped
 import medagent.train.tool_trainer as tt
 from medagent.data import Case
 from medagent.data.dataset import CaseList, Dataset, DatasetInfo
 from medagent.errors import ConfigError
 from medagent.tools import load_tool
 from medagent.tools.segmenters import build_segmenter
-from medagent.train.tool_trainer import ToolTrainerConfig, dice_ce_loss, make_batch, train_tool
+from medagent.train.augment import make_batch
+from medagent.train.segmenter_config import AugmentConfig, ToolTrainerConfig
+from medagent.train.tool_trainer import dice_ce_loss, train_tool
 
 CLASSES = {0: "background", 1: "blob"}
 
@@ -157,7 +161,7 @@ def test_augmentation_keeps_labels_aligned_and_range():
     assert x.shape == (4, 1, 16, 16) and y.shape == (4, 16, 16)
     agree = ((x[:, 0] > 0.5).long() == y).float().mean()
     assert agree > 0.95
-    aug = tt._intensity_augment(np.random.default_rng(1).random((1, 16, 16)).astype(np.float32), np.random.default_rng(2))  # "basic"
+    aug = augment._intensity_augment(np.random.default_rng(1).random((1, 16, 16)).astype(np.float32), np.random.default_rng(2))  # "basic"
     assert aug.min() >= 0 and aug.max() <= 1
 
 
@@ -175,23 +179,23 @@ ALL_OFF = {f"{k}_prob": 0.0 for k in ("bias", "blur", "lowres", "noise", "contra
 @pytest.mark.parametrize("transform", ["bias", "blur", "lowres", "noise", "contrast", "gamma", "stripe"])
 def test_each_robust_transform_changes_the_image_and_keeps_the_range(transform):
     image, _ = _blob_image()
-    aug = tt.AugmentConfig(**{**ALL_OFF, f"{transform}_prob": 1.0}, renormalize=False)
-    outs = [tt.robust_intensity_augment(image, np.random.default_rng(s), aug) for s in range(4)]
+    aug = AugmentConfig(**{**ALL_OFF, f"{transform}_prob": 1.0}, renormalize=False)
+    outs = [augment.robust_intensity_augment(image, np.random.default_rng(s), aug) for s in range(4)]
     for out in outs:
         assert out.shape == image.shape and out.dtype == np.float32
         assert out.min() >= 0.0 and out.max() <= 1.0 and np.isfinite(out).all()
     assert max(float(np.abs(out - image).max()) for out in outs) > 1e-3, transform
     # everything off (and no re-scaling) is the identity
-    same = tt.robust_intensity_augment(image, np.random.default_rng(0), tt.AugmentConfig(**ALL_OFF, renormalize=False))
+    same = augment.robust_intensity_augment(image, np.random.default_rng(0), AugmentConfig(**ALL_OFF, renormalize=False))
     np.testing.assert_array_equal(same, image)
 
 
 def test_blur_and_low_resolution_can_act_on_one_axis_only():
     image = np.zeros((1, 32, 32), np.float32)
     image[0, 16:, :] = 1.0  # a horizontal edge: only changes along y (axis 1)
-    flat = tt._low_resolution(image, (1.0, 3.0))  # low resolution along x only: the edge stays sharp
+    flat = augment._low_resolution(image, (1.0, 3.0))  # low resolution along x only: the edge stays sharp
     np.testing.assert_allclose(flat, image, atol=1e-6)
-    soft = tt._low_resolution(image, (3.0, 1.0))
+    soft = augment._low_resolution(image, (3.0, 1.0))
     assert 0.0 < soft[0, 16, 5] < 1.0 or 0.0 < soft[0, 15, 5] < 1.0
 
 
@@ -214,7 +218,7 @@ def test_robust_rescaling_and_labels_stay_aligned():
 
 def test_augment_config_from_dict_validates_and_resume_key_is_json_stable():
     config = ToolTrainerConfig(aug={"blur_prob": 0.5, "blur_sigma": [0.5, 1.0]})
-    assert isinstance(config.aug, tt.AugmentConfig) and config.aug.blur_sigma == (0.5, 1.0)
+    assert isinstance(config.aug, AugmentConfig) and config.aug.blur_sigma == (0.5, 1.0)
     with pytest.raises(ConfigError, match="unknown"):
         ToolTrainerConfig(aug={"sharpen_prob": 0.5})
     with pytest.raises(ConfigError, match="noise_prob"):
@@ -231,30 +235,30 @@ def test_class_balanced_crops_visit_small_classes():
 
     def share(balanced: bool) -> float:
         rng = np.random.default_rng(0)
-        return np.mean([(tt._crop(image, label, 16, rng, 1.0, balanced)[1] == 2).any() for _ in range(200)])
+        return np.mean([(augment._crop(image, label, 16, rng, 1.0, balanced)[1] == 2).any() for _ in range(200)])
 
     assert share(True) > 0.35 and share(False) < 0.1
 
 
 def test_shipped_recipes_are_versioned():
-    assert tt.SHIPPED_VERSIONS["unet-nuclei"] == "1" and tt.shipped_config("unet-nuclei", "x").aug_policy == "basic"
+    assert shipped.SHIPPED_VERSIONS["unet-nuclei"] == "1" and shipped.shipped_config("unet-nuclei", "x").aug_policy == "basic"
     for name in ("unet-mni-tissue", "ifunet-mni-tissue", "allukan-mni-tissue", "unet-ct-phantom"):
-        config = tt.shipped_config(name, "x")
-        assert config.aug_policy == "robust" and config.steps >= 800 and tt.SHIPPED_VERSIONS[name] == "2"
-    assert tt.shipped_config("unet-ct-phantom", "x").class_balanced_crops
+        config = shipped.shipped_config(name, "x")
+        assert config.aug_policy == "robust" and config.steps >= 800 and shipped.SHIPPED_VERSIONS[name] == "2"
+    assert shipped.shipped_config("unet-ct-phantom", "x").class_balanced_crops
     # version 3: lesions drawn afresh with several dataset seeds, no intensity augmentation, float16 file
-    lesion = tt.shipped_config("unet-mni-lesion", "x")
-    assert tt.SHIPPED_VERSIONS["unet-mni-lesion"] == "3" and "unet-mni-lesion" in tt.SHIPPED_FLOAT16
+    lesion = shipped.shipped_config("unet-mni-lesion", "x")
+    assert shipped.SHIPPED_VERSIONS["unet-mni-lesion"] == "3" and "unet-mni-lesion" in shipped.SHIPPED_FLOAT16
     assert len(lesion.dataset_seeds) >= 2 and lesion.dataset_seed == 0 and not lesion.intensity_aug and lesion.steps >= 3000
-    assert tt.SHIPPED_FLOAT16 == {"unet-mni-lesion"}
+    assert shipped.SHIPPED_FLOAT16 == {"unet-mni-lesion"}
 
 
 def test_shipped_checkpoint_float16_copy(tmp_path):
     torch.manual_seed(0)
     tool = build_segmenter("unet", pretrained=False, class_names=CLASSES, num_classes=2, dataset="tiny-blobs", width=2, depth=2)
     tool.save_pretrained(tmp_path / "best")
-    assert tt.shipped_checkpoint("unet-mni-tissue", tmp_path / "best") == tmp_path / "best"
-    half = tt.shipped_checkpoint("unet-mni-lesion", tmp_path / "best")
+    assert shipped.shipped_checkpoint("unet-mni-tissue", tmp_path / "best") == tmp_path / "best"
+    half = shipped.shipped_checkpoint("unet-mni-lesion", tmp_path / "best")
     assert half == tmp_path / "best-float16"
     state = tt.load_safetensors(half / "model.safetensors")
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}

@@ -69,7 +69,7 @@ class CTTASourceConfig:
 def trainer_config(config: CTTASourceConfig):
     """The `ToolTrainerConfig` of a CTTA source model: UNet, clean centre only, NO intensity augmentation."""
     from medagent.data.builtin import load_builtin
-    from medagent.train.tool_trainer import ToolTrainerConfig
+    from medagent.train.segmenter_config import ToolTrainerConfig
 
     crop = config.crop_size
     if crop is None:
