@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from medagent.data.case import Case
 from medagent.errors import CheckpointError, ConfigError
 from medagent.tools.base import Prediction, Tool, ToolKind
+from medagent.tools.checkpoint import read_config, read_weights, resolve_checkpoint, write_checkpoint
 from medagent.tools.tta.source import SourceModel, load_source
 
 STATE_TENSORS = "state.safetensors"
@@ -220,26 +221,15 @@ class AdaptiveTool(Tool):
 
     def save_state(self, directory: str | Path) -> Path:
         """Write the stream state to `directory` (state.safetensors + state.json)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()
-        save_file(state["tensors"], str(directory / STATE_TENSORS))
-        (directory / STATE_META).write_text(json.dumps(state["meta"], indent=1) + "\n")
-        return directory
+        return write_checkpoint(directory, state["meta"], state["tensors"], config_name=STATE_META,
+                                weights_name=STATE_TENSORS, indent=1)
 
     def load_state(self, directory: str | Path) -> None:
-        """Resume from a folder written by `save_state`."""
-        from medagent.tools.segmenters import load_safetensors
-
-        directory = Path(directory)
-        meta_path = directory / STATE_META
-        if not meta_path.exists():
-            raise CheckpointError(f"{meta_path}: missing (a stream state folder holds {STATE_TENSORS} and {STATE_META})")
-        meta = json.loads(meta_path.read_text())
-        tensors = load_safetensors(directory / STATE_TENSORS)
-        self.load_state_dict({"tensors": tensors, "meta": meta})
+        """Resume from a folder written by `save_state` (or one of its files, or a Hub id `hf://owner/name[@revision]`)."""
+        folder = resolve_checkpoint(directory, needs=(STATE_META, STATE_TENSORS), kind=f"{self.name} stream state")
+        meta = read_config(folder / STATE_META, kind=f"{self.name} stream state", expect={"method": self.name})
+        self.load_state_dict({"tensors": read_weights(folder / STATE_TENSORS), "meta": meta})
 
     # -- helpers -------------------------------------------------------------------------------
     def image_size(self, x: torch.Tensor) -> int:

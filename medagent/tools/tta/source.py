@@ -8,7 +8,6 @@ Images enter the network as float32 (1, C, H, W) in [0, 1] (the segmenter's inte
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from torch import nn
 
 from medagent.data.case import Case
 from medagent.errors import CheckpointError, ToolError, ToolUnavailable
+from medagent.tools.checkpoint import read_config, resolve_checkpoint
 from medagent.tools.tta.batchnorm import convert_bn
 
 #: Shipped CTTA source models are the weights folders `ctta-source-<dataset>`.
@@ -86,12 +86,13 @@ class SourceModel:
 
 
 def load_source(dataset: str | None = None, checkpoint: str | Path | None = None, device: str = "cpu") -> SourceModel:
-    """The source model: a checkpoint folder, or the shipped `ctta-source-<dataset>` (default mni-tissue).
+    """The source model: a checkpoint folder (or a Hub id `hf://owner/name[@revision]`), or the shipped
+    `ctta-source-<dataset>` (default mni-tissue).
 
     A checkpoint folder holds a segmenter checkpoint (`model.safetensors` + `config.json`, any of the
     `unet` / `ifunet` / `allukan` models: the BN-free ones only work with `noadapt`).
     """
-    from medagent.tools.segmenters import TOOL_CLASSES
+    from medagent.tools.segmenters import CONFIG_FILE, TOOL_CLASSES, WEIGHTS_FILE
 
     if checkpoint is None:
         from medagent.weights import WEIGHTS_DIR, read_manifest
@@ -105,12 +106,9 @@ def load_source(dataset: str | None = None, checkpoint: str | Path | None = None
                 "medagent.train.ctta_source.train_ctta_source or pass checkpoint=DIR"
             )
         checkpoint = folder
-    path = Path(checkpoint)
-    cfg_path = (path.parent if path.is_file() else path) / "config.json"
-    try:
-        model = json.loads(cfg_path.read_text()).get("model", "unet")
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{cfg_path}: cannot read the source checkpoint's config.json: {exc}") from exc
+    folder = resolve_checkpoint(checkpoint, needs=(CONFIG_FILE, WEIGHTS_FILE), kind="CTTA source segmenter")
+    cfg_path = folder / CONFIG_FILE
+    model = read_config(cfg_path, kind="CTTA source segmenter").get("model", "unet")
     if model not in TOOL_CLASSES:
         raise CheckpointError(f"{cfg_path}: config field 'model' is {model!r}; a source model is one of {sorted(TOOL_CLASSES)}")
-    return SourceModel(TOOL_CLASSES[model].from_pretrained(path, device=device))
+    return SourceModel(TOOL_CLASSES[model].from_pretrained(folder, device=device))
