@@ -58,8 +58,9 @@ class Tool:
     """Base class of segmentation tools.
 
     Subclasses set `name`, `kind`, `inputs` (names of the keyword inputs `predict` accepts besides the
-    case) and implement `predict_2d` (or override `predict` for native 3D tools). Tools with weights
-    implement `save_pretrained(dir)` / `from_pretrained(dir)` with safetensors + config.json.
+    case) and implement `predict_2d` (or override `predict` for native 3D tools). Tools with a checkpoint
+    implement `save_pretrained(dir)` / `from_pretrained(ref)` on `medagent.tools.checkpoint` (config.json,
+    safetensors weights; `ref` a local folder or a Hub id `hf://owner/name[@revision]`).
     """
 
     name: ClassVar[str] = "tool"
@@ -101,11 +102,13 @@ class Tool:
             probabilities = np.stack(probs, axis=axis + 1)
         return Prediction(mask=mask, probabilities=probabilities, extras={"slice_axis": axis})
 
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write this tool's checkpoint folder (config.json + weights) and return it; ToolError if it has none."""
         raise ToolError(f"tool {self.name!r} has no weights to save")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: Any) -> "Tool":
+        """Load a checkpoint: a local folder (or a file in it) or a Hub id `hf://owner/name[@revision]`."""
         raise ToolError(f"tool {cls.name!r} has no weights to load")
 
     def __repr__(self) -> str:

@@ -115,34 +115,38 @@ def resolve_checkpoint(reference: str | Path, needs: tuple[str, ...] = (), kind:
 
 
 def _download(reference: str) -> Path:
-    """Download (or find in the local cache) the Hub checkpoint `reference`; CheckpointError on failure."""
+    """Download (or find in the local Hub cache) the Hub checkpoint `reference`; CheckpointError on failure."""
     repo_id, revision = parse_hub_id(reference)
     try:
         from huggingface_hub import snapshot_download
-        from huggingface_hub import errors as hub_errors
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise CheckpointError(f"{reference}: loading a Hub checkpoint needs the package 'huggingface_hub' ({exc})") from exc
     try:
         return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=list(HUB_PATTERNS)))
     except Exception as exc:  # noqa: BLE001 - every Hub failure becomes one clear CheckpointError
-        gated, missing_repo, missing_rev, offline = (
-            getattr(hub_errors, name, ()) for name in
-            ("GatedRepoError", "RepositoryNotFoundError", "RevisionNotFoundError", "LocalEntryNotFoundError")
-        )
-        if gated and isinstance(exc, gated):
-            advice = "the repository is gated: accept its terms on the Hub and log in (`hf auth login`) or set HF_TOKEN"
-        elif missing_repo and isinstance(exc, missing_repo):
-            advice = (f"no such repository {repo_id!r} on the Hub (or it is private: log in with `hf auth login` "
-                      "or set HF_TOKEN); check the id")
-        elif missing_rev and isinstance(exc, missing_rev):
-            advice = f"repository {repo_id!r} has no revision {revision!r}; check the branch, tag or commit"
-        elif (offline and isinstance(exc, offline)) or isinstance(exc, (OSError, ConnectionError)) \
-                or type(exc).__name__ == "OfflineModeIsEnabled":
-            advice = ("the Hub cannot be reached (offline, or HF_HUB_OFFLINE=1) and the checkpoint is not in the local "
-                      f"Hub cache; download it once while online (`hf download {repo_id}`) or pass a local folder")
-        else:
-            advice = "the download failed; check the id and your network, or pass a local folder"
-        raise CheckpointError(f"{reference}: cannot load this Hugging Face Hub checkpoint: {advice} ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{reference}: cannot load this Hugging Face Hub checkpoint: "
+                              f"{_hub_advice(exc, repo_id, revision)} ({type(exc).__name__}: {exc})") from exc
+
+
+#: huggingface_hub / httpx errors that mean "the Hub cannot be reached and the local cache does not have it".
+_OFFLINE_ERRORS = {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "IncompleteSnapshotError", "ConnectError",
+                   "ConnectTimeout", "TimeoutException", "ReadTimeout"}
+
+
+def _hub_advice(exc: Exception, repo_id: str, revision: str | None) -> str:
+    """What went wrong with a Hub download and what to do, from the exception's class (and its bases)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "GatedRepoError" in names:
+        return "the repository is gated: accept its terms on the Hub and log in (`hf auth login`) or set HF_TOKEN"
+    if "RepositoryNotFoundError" in names:
+        return (f"no repository {repo_id!r} on the Hub (or it is private: log in with `hf auth login` or set "
+                "HF_TOKEN); check the id")
+    if "RevisionNotFoundError" in names:
+        return f"repository {repo_id!r} has no revision {revision!r}; check the branch, tag or commit after '@'"
+    if names & _OFFLINE_ERRORS or isinstance(exc, (ConnectionError, TimeoutError)):
+        return ("the Hub cannot be reached (offline, or HF_HUB_OFFLINE=1) and the checkpoint is not in the local Hub "
+                f"cache; download it once while online (`hf download {repo_id}`) or pass a local folder")
+    return "the download failed; check the id and your network, or pass a local folder"
 
 
 def read_config(path: Path, kind: str = "medagent", expect: Mapping[str, Any] | None = None) -> dict[str, Any]:

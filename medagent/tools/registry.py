@@ -42,7 +42,9 @@ PER_DATASET_KINDS = (ToolKind.AUTOMATIC, ToolKind.ADAPTIVE)
 
 
 def load_tool(name: str, checkpoint: str | None = None, **config: Any) -> Tool:
-    """Build tool `name` with its shipped weights, or from `checkpoint` (a folder or file) when given.
+    """Build tool `name` with its shipped weights, or from `checkpoint` when given: a local checkpoint folder
+    (or a file in it; `sam` also takes an official `.pth`) or a Hugging Face Hub id `hf://owner/name[@revision]`
+    (`medagent.tools.checkpoint`).
 
     `dataset=` selects per-dataset weights for automatic and adaptive tools; other tools ignore it, so
     callers may pass it to every tool alike.
