@@ -6,10 +6,10 @@ training and in evaluation come from one definition:
 - `mask_box`: the tight inclusive box [x0, y0, x1, y1] of a mask (x = column, y = row).
 - `jitter_box`: each side moved by up to `fraction` of the box size (and at most `max_shift` px),
   clipped to the image.
-- `corrective_click`: the largest false-negative or false-positive connected region; the click goes to
-  its distance-transform maximum (the pixel farthest from the region's border; the image border counts
-  as border), positive for a false negative, negative for a false positive.
-- `simulate_clicks`: prompt, predict, click in the largest error, feed the previous logits, repeat.
+- `corrective_click`: the next click of `medagent.tools.clicker.next_click` (the one click rule: the
+  distance-transform maximum of the largest connected error component, positive on a false negative,
+  negative on a false positive; ties drawn with a fixed seed).
+- `simulate_clicks`: prompt, predict, click by that rule, feed the previous logits, repeat.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from medagent.errors import DataError
+from medagent.tools.clicker import Click, next_click
 
 if TYPE_CHECKING:  # pragma: no cover
     from medagent.data.case import Case
@@ -91,49 +92,17 @@ def jitter_box(
     return np.array([nx0, ny0, nx1, ny1], dtype=np.float64)
 
 
-@dataclass(frozen=True)
-class Click:
-    """A simulated click: pixel (x, y), positive (True) or negative, and the error region's area (px)."""
+def corrective_click(pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator | int | None = 0) -> Click | None:
+    """The click that corrects `pred` against `gt` (both 2D), or None when they agree.
 
-    x: int
-    y: int
-    positive: bool
-    region_area: int
-
-
-def corrective_click(pred: np.ndarray, gt: np.ndarray) -> Click | None:
-    """The click that fixes the largest error region of `pred` against `gt` (both 2D), or None if none.
-
-    Regions are 8-connected components of the false negatives (gt & ~pred) and false positives
-    (pred & ~gt); the largest by area wins (ties: false negative). The click is at the maximum of the
-    Euclidean distance transform of that region, computed with a background frame so that the image
-    border counts as region border.
+    `medagent.tools.clicker.next_click` (see there for the rule and `rng`); kept under this name for the
+    SAM trainer and benches. The `Click` has `x`, `y`, `positive` and `region_area`.
     """
     p = np.asarray(pred) > 0
     g = np.asarray(gt) > 0
     if p.shape != g.shape or p.ndim != 2:
         raise DataError(f"corrective_click needs two 2D masks of one shape, got {p.shape} and {g.shape}")
-    best: tuple[int, bool, np.ndarray] | None = None
-    structure = np.ones((3, 3), dtype=bool)
-    for positive, err in ((True, g & ~p), (False, p & ~g)):
-        if not err.any():
-            continue
-        lab, n = ndimage.label(err, structure=structure)
-        areas = np.bincount(lab.ravel())[1:]
-        k = int(np.argmax(areas))
-        if best is None or areas[k] > best[0]:
-            best = (int(areas[k]), positive, lab == k + 1)
-    if best is None:
-        return None
-    area, positive, region = best
-    # the transform only needs the region's bounding box (+1 px frame): much cheaper on large images
-    rows = np.flatnonzero(region.any(axis=1))
-    cols = np.flatnonzero(region.any(axis=0))
-    r0, c0 = rows[0], cols[0]
-    crop = region[r0 : rows[-1] + 1, c0 : cols[-1] + 1]
-    dist = ndimage.distance_transform_edt(np.pad(crop, 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return Click(x=int(x + c0), y=int(y + r0), positive=positive, region_area=area)
+    return next_click(p, g, rng)
 
 
 @dataclass
@@ -144,18 +113,24 @@ class ClickEpisode:
     clicks: list[Click] = field(default_factory=list)
 
 
-def simulate_clicks(session: object, gt: np.ndarray, n_clicks: int, box: np.ndarray | None = None) -> ClickEpisode:
+def simulate_clicks(
+    session: object, gt: np.ndarray, n_clicks: int, box: np.ndarray | None = None, rng: np.random.Generator | int | None = 0,
+) -> ClickEpisode:
     """Iterative click simulation on a `SamSession`: optional box, then up to `n_clicks` corrective clicks.
 
-    Each click goes to the largest error of the current mask; the session sends the box, every click so
-    far and the previous low-res logits. Stops early when the mask has no error left.
+    Each click follows `corrective_click` on the current mask (ties drawn with `rng`: a seed or a
+    generator); the session sends the box, every click so far and the previous low-res logits. Without a
+    box the first click is the rule's click on an empty mask (and counts among the `n_clicks`). Stops
+    early when the mask has no error left.
     """
     episode = ClickEpisode()
     g = np.asarray(gt) > 0
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)  # one generator for the whole episode
     if box is not None:
         pred = session.set_box(box)  # type: ignore[attr-defined]
     else:
-        click = corrective_click(np.zeros_like(g), g)
+        click = corrective_click(np.zeros_like(g), g, rng)
         if click is None:
             raise DataError("simulate_clicks: the ground truth is empty and no box was given")
         pred = session.add_point((click.x, click.y), click.positive)  # type: ignore[attr-defined]
@@ -163,7 +138,7 @@ def simulate_clicks(session: object, gt: np.ndarray, n_clicks: int, box: np.ndar
         n_clicks -= 1
     episode.predictions.append(pred)
     for _ in range(max(n_clicks, 0)):
-        click = corrective_click(pred.mask, g)
+        click = corrective_click(pred.mask, g, rng)
         if click is None:
             break
         pred = session.add_point((click.x, click.y), click.positive)  # type: ignore[attr-defined]
