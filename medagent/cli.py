@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from medagent import __version__
 
@@ -268,6 +270,47 @@ def eval_tool(
     _run_guarded(run)
 
 
+@eval_app.command("interactive")
+def eval_interactive(
+    name: str = typer.Argument(..., help="Promptable tool (takes clicks; boxes unless --no-box), e.g. sam."),
+    dataset: Optional[str] = typer.Option(None, help="Builtin dataset name, several comma-separated, or 'all'."),
+    data: Optional[Path] = typer.Option(None, help="Dataset folder (nnU-Net/MSD, images+labels, YOLO)."),
+    split: str = typer.Option("test", help="Split to evaluate."),
+    clicks: int = typer.Option(5, help="Corrective clicks after the first prompt (the curve's k)."),
+    no_box: bool = typer.Option(False, "--no-box", help="Click-only: no box; the first click at the object's centre."),
+    max_objects: Optional[int] = typer.Option(None, help="At most this many objects per dataset (seeded draw)."),
+    min_area: int = typer.Option(16, help="Smallest object, pixels (voxels in 3D)."),
+    no_logits: bool = typer.Option(False, "--no-logits", help="Do not send the tool's previous logits with each prompt."),
+    checkpoint: Optional[str] = typer.Option(None, help="Checkpoint instead of the shipped weights."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also copy results JSON here."),
+    seed: int = typer.Option(0, help="Seed (object draw, click tie-breaks, bootstrap)."),
+    runs_dir: Path = typer.Option(Path("medagent-runs"), help="Where run folders go."),
+) -> None:
+    """The interactive protocol: a box, then simulated corrective clicks; Dice/NSD per step, AUCs, NoC@85/90.
+
+    Each click goes to the distance-transform maximum of the largest error region (positive on a miss,
+    negative on an over-segmentation). NoC clicks on up to 20 (failures count 20). Means with 95% bootstrap
+    intervals per dataset and modality; see docs/evaluation.md.
+    """
+    from medagent.eval.interactive import evaluate_interactive, interactive_table
+
+    def run():
+        if (data is None) == (dataset is None):
+            _fail("give exactly one of --data DIR or --dataset NAME")
+        names = [d.strip() for d in dataset.split(",") if d.strip()] if dataset is not None else None
+        report = evaluate_interactive(name, dataset=names, data_dir=data, split=split, clicks=clicks, box=not no_box,
+                                      max_objects=max_objects, min_area=min_area, seed=seed, checkpoint=checkpoint,
+                                      use_previous_logits=not no_logits, run_root=runs_dir, json_out=json_out)
+        mode = "click-only" if no_box else "box"
+        title = f"{name}: {mode} + {clicks} clicks on {split} (mean, 95% CI below; NoC up to 20 clicks)"
+        _console().print(interactive_table(report, title=title))
+        if report.skipped:
+            _console().print(f"skipped {len(report.skipped)} (listed in the results)")
+        _console().print(f"results: {report.results}")
+
+    _run_guarded(run)
+
+
 # ---------------------------------------------------------------------------------------------- env
 def _env_settings(dataset: Optional[str], data: Optional[Path], split: str, max_turns: int, image_size: int) -> dict:
     if dataset is not None and data is not None:
@@ -387,32 +430,188 @@ def traj_show(
 
 
 # ---------------------------------------------------------------------------------------------- train
-@train_app.command("tool")
-def train_tool_cmd(
-    name: str = typer.Argument(..., help="Tool to train: unet, ifunet, allukan, sam, refine, ctta-source."),
-    dataset: Optional[str] = typer.Option(None, help="Builtin dataset name (some trainers take several: repeat via --set datasets='[...]')."),
-    data: Optional[str] = typer.Option(None, help="Dataset folder (nnU-Net/MSD, images+labels, YOLO)."),
-    steps: Optional[int] = typer.Option(None, help="Optimisation steps."),
-    seed: Optional[int] = typer.Option(None, help="Seed."),
-    out: Optional[str] = typer.Option(None, help="Output folder (best/ and last/ checkpoints, metrics.jsonl)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Any other config field: --set lr=0.001 (repeatable; JSON values)."),
-    show_config: bool = typer.Option(False, help="Print the resolved config and exit."),
-) -> None:
-    """Train a tool with its trainer config; resumes from OUT/last when it exists."""
+class _TrainToolCommand(click.Command):
+    """`medagent train tool NAME`: every field of the trainer's config dataclass is a flag.
+
+    Flags are built on first use (imports the config's module), so listing the trainers stays fast. Each
+    flag is the field's name with dashes (`--max-steps`), typed by the field (`config_io.parse_value`),
+    with the field's docstring entry as its help and the dataclass default shown.
+    """
+
+    #: shorter spellings, the same on every trainer that has the field (`medagent train sft` uses them too)
+    SHORT_FLAGS = {"max_steps": ("--steps",), "output_dir": ("--out",), "data_dir": ("--data",)}
+    OWN_FLAGS = ("--config", "--set", "--show-config", "--help")
+
+    def __init__(self, trainer: str) -> None:
+        from medagent.train.launch import TRAINERS
+
+        self.trainer = trainer
+        self._lazy_params: Optional[list] = None
+        summary = TRAINERS[trainer].summary
+        super().__init__(trainer, callback=self._invoke, help=f"Train {summary}.", short_help=f"Train {summary}.",
+                         context_settings={"max_content_width": 120})
+
+    @property
+    def params(self) -> list:
+        if self._lazy_params is None:
+            self._lazy_params = self._build_params()
+        return self._lazy_params
+
+    @params.setter
+    def params(self, value: list) -> None:  # click.Command.__init__ assigns its (empty) list
+        self._lazy_params = list(value) or None
+
+    def format_help_text(self, ctx, formatter) -> None:
+        import inspect
+
+        from medagent.train.launch import config_class, fixed_fields
+
+        cls = config_class(self.trainer)
+        doc = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0]
+        fixed = ", ".join(f"{k}={v!r}" for k, v in fixed_fields(self.trainer).items())
+        text = (f"{self.help}\n\n{cls.__name__}: {doc}\n\nEvery {cls.__name__} field is a flag below"
+                + (f" (except {fixed}, which `{self.trainer}` fixes)" if fixed else "") + ".")
+        formatter.write_paragraph()
+        with formatter.indentation():
+            for paragraph in text.split("\n\n"):
+                formatter.write_text(paragraph)
+                formatter.write_paragraph()
+
+    def _build_params(self) -> list:
+        import dataclasses
+
+        from medagent.train.config_io import field_default, field_help, field_types
+        from medagent.train.launch import config_class, fixed_fields
+
+        cls = config_class(self.trainer)
+        hints, helps, fixed = field_types(cls), field_help(cls), fixed_fields(self.trainer)
+        params = []
+        for f in dataclasses.fields(cls):
+            if not f.init or f.name in fixed:
+                continue
+            hint, default = hints[f.name], field_default(f)
+            flag = "--" + f.name.replace("_", "-")
+            if flag in self.OWN_FLAGS or f"--no-{flag[2:]}" in self.OWN_FLAGS:
+                raise RuntimeError(f"{cls.__name__}.{f.name} collides with the command's own {flag}")
+            text = helps.get(f.name, "(undocumented)")
+            if dataclasses.is_dataclass(hint):
+                text += f" {hint.__name__} fields: {', '.join(g.name for g in dataclasses.fields(hint))}."
+            text += f"  [default: {_show_default(default)}]"
+            if hint is bool:
+                params.append(click.Option([f.name, f"{flag}/--no-{flag[2:]}"], default=None, help=text))
+            else:
+                params.append(click.Option([f.name, flag, *self.SHORT_FLAGS.get(f.name, ())], type=_FieldType(cls, f.name),
+                                           default=None, metavar=_metavar(hint), help=text))
+        params += [
+            click.Option(["config_file", "--config"], type=click.Path(exists=True), default=None, metavar="PATH",
+                         help=f"Start from a saved {cls.__name__} (a config.json or a run folder; names from before the "
+                              "rename to max_steps/output_dir are read); flags override it."),
+            click.Option(["set_", "--set"], multiple=True, metavar="FIELD=VALUE",
+                         help="Any field as text, the same as its flag: --set lr=0.001 (repeatable)."),
+            click.Option(["show_config", "--show-config"], is_flag=True, default=False, help="Print the resolved config and exit."),
+        ]
+        return params
+
+    def _invoke(self, config_file=None, set_=(), show_config=False, **flags) -> None:
+        import dataclasses
+
+        from click.core import ParameterSource
+
+        from medagent.train.launch import make_config, train
+
+        ctx = click.get_current_context()
+        values = {k: v for k, v in flags.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+
+        def run():
+            config = make_config(self.trainer, values, texts=_parse_sets(list(set_)), config_file=config_file)
+            if show_config:
+                _console().print(dataclasses.asdict(config))
+                return
+            best = train(self.trainer, config)
+            _console().print(f"trained: {best}  (use it with --checkpoint {best})")
+
+        _run_guarded(run)
+
+
+class _FieldType(click.ParamType):
+    """A config field's value from the command line, typed by the field (`config_io.parse_value`)."""
+
+    name = "value"
+
+    def __init__(self, cls: type, field: str) -> None:
+        self.cls, self.field = cls, field
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        from medagent.train.config_io import parse_value
+
+        try:
+            return parse_value(self.cls, self.field, value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _metavar(hint) -> str:
     import dataclasses
+    import types
+    import typing
 
-    from medagent.train.launch import make_config, train
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return "|".join(_metavar(a) for a in rest) + "|none"
+    if hint is bool:
+        return "true|false"
+    if typing.get_origin(hint) in (list, tuple):
+        return "A,B,..|JSON"
+    if typing.get_origin(hint) is dict or hint is dict or dataclasses.is_dataclass(hint):
+        return "JSON"
+    return {int: "INT", float: "FLOAT", str: "TEXT"}.get(hint, "VALUE")
 
-    def run():
-        overrides = _parse_sets(set_)
-        config = make_config(name, dataset=dataset, data=data, steps=steps, seed=seed, out=out, overrides=overrides)
-        if show_config:
-            _console().print(dataclasses.asdict(config))
-            return
-        best = train(name, config)
-        _console().print(f"best checkpoint: {best}  (use it with --checkpoint {best})")
 
-    _run_guarded(run)
+def _show_default(value) -> str:
+    import dataclasses
+    import json
+
+    if value is None:
+        return "none"
+    if dataclasses.is_dataclass(value):
+        return f"{type(value).__name__}()"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value) if value else "empty"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+class _TrainToolGroup(TyperGroup):
+    """The trainers of `medagent.train.launch.TRAINERS`, one generated command each."""
+
+    def list_commands(self, ctx) -> list:
+        from medagent.train.launch import TRAINERS
+
+        return list(TRAINERS)
+
+    def get_command(self, ctx, name):
+        from medagent.train.launch import TRAINERS
+
+        return _TrainToolCommand(name) if name in TRAINERS else None
+
+    def resolve_command(self, ctx, args):
+        from medagent.train.launch import TRAINERS
+
+        if args and not args[0].startswith("-") and args[0] not in TRAINERS:
+            _fail(f"no trainer for tool {args[0]!r}; trainable tools: {', '.join(TRAINERS)}")
+        return super().resolve_command(ctx, args)
+
+
+train_tool_app = typer.Typer(
+    cls=_TrainToolGroup, no_args_is_help=True,
+    help="Train a tool: `medagent train tool NAME --help` lists every field of its trainer's config as a flag "
+         "(--max-steps, --output-dir, --seed, ...; resumes from the output folder).",
+)
+train_app.add_typer(train_tool_app, name="tool")
 
 
 def _parse_sets(items: Optional[List[str]]) -> dict:
@@ -507,7 +706,9 @@ def train_policy_cmd(
         final = run_recipe(config)
         _console().print(f"policy: {final}")
         if ship_it:
-            _console().print(f"shipped: {ship(config)}")
+            from medagent.eval.agent_eval import card_rows
+
+            _console().print(f"shipped: {ship(config, card_rows)}")
 
     _run_guarded(run)
 

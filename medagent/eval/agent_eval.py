@@ -67,6 +67,20 @@ def evaluate_agents(env_settings: dict[str, Any], agents: list[str], episodes: i
     return pd.DataFrame(rows)
 
 
+def card_rows(model: Any, env_settings: dict[str, Any], agents: Any, episodes: int, seed: int) -> list[dict[str, Any]]:
+    """Mean Dice, episode score, turns and invalid-action rate ((invalid calls + format failures) / (calls +
+    format failures)) per agent on the same episodes; the agent "policy" plays the model at `model`.
+    One dict per agent, in the order given (a model card's table)."""
+    df = evaluate_agents(env_settings, list(agents), episodes=episodes, seed=seed, agent_kwargs={"policy": {"policy": str(model)}})
+    rows = []
+    for agent, g in df.groupby("agent", sort=False):
+        attempts = g["calls"].sum() + g["format_failed"].sum()
+        rows.append({"agent": agent, "dice": float(g["dice"].mean()), "episode_score": float(g["episode_score"].mean()),
+                     "turns": float(g["turns"].mean()),
+                     "invalid_rate": float((g["invalid"].sum() + g["format_failed"].sum()) / max(attempts, 1))})
+    return rows
+
+
 def agents_table(df: Any, title: str | None = None) -> Any:
     """A rich table: per agent and dataset, mean Dice [95% bootstrap CI over subjects], IoU, turns, episode score."""
     from rich.table import Table

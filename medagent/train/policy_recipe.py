@@ -164,31 +164,20 @@ def run_recipe(config: PolicyRecipeConfig) -> Path:
     return rl / "model"
 
 
-#: The model card's evaluation: the bench's first mni-lesion episodes (`bench/bench_policy.py`, seed 0).
+#: The model card's evaluation: the bench's first mni-lesion episodes (`bench/bench_policy.py`, seed 0), run by
+#: `medagent.eval.agent_eval.card_rows` (the CLI's `train policy --ship` passes its rows to `ship`).
 CARD_EVAL = {"dataset": "mni-lesion", "split": "test", "episodes": 40, "seed": 0, "agents": ("policy", "auto", "mean-box")}
 
 
-def evaluate_for_card(model: str | Path, config: PolicyRecipeConfig) -> list[dict[str, Any]]:
-    """Mean Dice, episode score, turns and invalid-action rate of the policy at `model` and two non-oracle
-    baselines on the same `CARD_EVAL` episodes: one row per agent."""
-    from medagent.eval.agent_eval import evaluate_agents
-
-    env = {"dataset": CARD_EVAL["dataset"], "split": CARD_EVAL["split"], "image_size": config.image_size,
-           "max_turns": config.max_turns}
-    df = evaluate_agents(env, list(CARD_EVAL["agents"]), episodes=CARD_EVAL["episodes"], seed=CARD_EVAL["seed"],
-                         agent_kwargs={"policy": {"policy": str(model)}})
-    rows = []
-    for agent, g in df.groupby("agent", sort=False):
-        attempts = g["calls"].sum() + g["format_failed"].sum()
-        rows.append({"agent": agent, "dice": float(g["dice"].mean()), "episode_score": float(g["episode_score"].mean()),
-                     "turns": float(g["turns"].mean()),
-                     "invalid_rate": float((g["invalid"].sum() + g["format_failed"].sum()) / max(attempts, 1))})
-    return rows
-
-
-def ship(config: PolicyRecipeConfig, name: str = "policy-tiny", version: str = "1") -> Path:
+def ship(config: PolicyRecipeConfig, evaluate: Any, name: str = "policy-tiny", version: str = "1") -> Path:
     """Copy the recipe's final policy into `medagent/weights/<name>` (float16 weights), with a model card (its
-    recipe, timings and an evaluation on `CARD_EVAL` episodes) and its manifest entry; returns the folder."""
+    recipe, timings and an evaluation on `CARD_EVAL` episodes) and its manifest entry; returns the folder.
+
+    Args:
+        evaluate: `(model_folder, env_settings, agents, episodes, seed) -> rows` (dicts with agent, dice,
+            episode_score, turns, invalid_rate): `medagent.eval.agent_eval.card_rows`, passed in because
+            evaluation sits above training in the package's layering.
+    """
     import shutil
 
     import torch
@@ -205,7 +194,9 @@ def ship(config: PolicyRecipeConfig, name: str = "policy-tiny", version: str = "
     # The chat template is TRL's file: not shipped, `load_vlm` reads it from the installed trl instead.
     (dest / "chat_template.jinja").unlink(missing_ok=True)
     timings = json.loads((out / "timings.json").read_text())
-    evaluation = evaluate_for_card(dest, config)
+    env = {"dataset": CARD_EVAL["dataset"], "split": CARD_EVAL["split"], "image_size": config.image_size,
+           "max_turns": config.max_turns}
+    evaluation = evaluate(dest, env, CARD_EVAL["agents"], CARD_EVAL["episodes"], CARD_EVAL["seed"])
     (out / "card_eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     table = "\n".join(f"| {r['agent']} | {r['dice']:.3f} | {r['episode_score']:.3f} | {r['turns']:.2f} | {r['invalid_rate']:.1%} |"
                       for r in evaluation)
@@ -247,7 +238,7 @@ tokenizer trained on medagent's own text (every integer 0-999 one token).
 {timings}
 ```
 
-- Evaluation at ship time (`medagent.train.policy_recipe.evaluate_for_card`): the first {eval_episodes} paired
+- Evaluation at ship time (`medagent.eval.agent_eval.card_rows`): the first {eval_episodes} paired
   mni-lesion test episodes of `bench/bench_policy.py` (seed 0); invalid rate = (invalid calls + format
   failures) / (calls + format failures). The full tables (three datasets, paired intervals, costs) come from
   `python bench/bench_policy.py` and are in docs/policy.md.
