@@ -130,8 +130,8 @@ def dice_after_training(variant: str, steps: int, width: int) -> float:
 
     layer, form, grad_free = VARIANTS[variant]
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = ToolTrainerConfig(model="allukan", steps=steps, batch_size=4, crop_size=64, val_every=steps, seed=0,
-                                num_threads=1, progress=False, out_dir=tmp, max_val_cases=10,
+        cfg = ToolTrainerConfig(model="allukan", max_steps=steps, batch_size=4, crop_size=64, val_every=steps, seed=0,
+                                num_threads=1, progress=False, output_dir=tmp, max_val_cases=10,
                                 model_config={"width": width, "depth": 3, "layer": layer, "form": form, "grad_free": grad_free})
         train_tool(cfg)
         with open(os.path.join(tmp, "metrics.jsonl")) as fh:

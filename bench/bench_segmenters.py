@@ -62,7 +62,7 @@ def train(model: str, dataset: str, seed: int, steps: int, workdir: str):
     """Train one network with the shipped unet recipe of `dataset` (same budget for every model)."""
     recipe = f"unet-{dataset}" if f"unet-{dataset}" in SHIPPED_RECIPES else "unet-mni-tissue"
     base = shipped_config(recipe, f"{workdir}/{model}-{dataset}-{seed}")
-    config = dataclasses.replace(base, model=model, dataset=dataset, seed=seed, steps=steps, val_every=max(steps // 4, 1), resume=False,
+    config = dataclasses.replace(base, model=model, dataset=dataset, seed=seed, max_steps=steps, val_every=max(steps // 4, 1), resume=False,
                                  model_config={k: v for k, v in base.model_config.items()})
     best = train_tool(config)
     return TOOL_CLASSES[model].from_pretrained(best)

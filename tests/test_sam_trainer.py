@@ -54,7 +54,7 @@ def start_ckpt(tmp_path_factory):
 
 
 def _cfg(tmp_path, **kw) -> SamTrainerConfig:
-    base = dict(steps=3, batch_images=2, objects_per_image=2, shift_copies=0, out_dir=str(tmp_path / "run"),
+    base = dict(max_steps=3, batch_images=2, objects_per_image=2, shift_copies=0, output_dir=str(tmp_path / "run"),
                 progress=False, val_objects=4, save_every=2, log_every=1, warmup_steps=1, lr=1e-3, num_threads=1)
     base.update(kw)
     return SamTrainerConfig(**base)
@@ -69,7 +69,7 @@ def test_train_from_checkpoint_saves_loadable_model(tmp_path, datasets, start_ck
     assert [x["step"] for x in lines if "step" in x] == [1, 2, 3]
     final = lines[-1]
     assert final["final"] and set(final["val_box_dice"]) == {"blobs-inst", "blobs-class"}
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 3
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["max_steps"] == 3
     # weights changed from the start checkpoint
     start = build(checkpoint=start_ckpt)
     k = "mask_decoder.iou_token.weight"
@@ -77,7 +77,7 @@ def test_train_from_checkpoint_saves_loadable_model(tmp_path, datasets, start_ck
 
 
 def test_frozen_parts_do_not_change(tmp_path, datasets, start_ckpt):
-    cfg = _cfg(tmp_path, checkpoint=start_ckpt, steps=2, train_encoder=False, train_prompt_encoder=False, val_objects=0,
+    cfg = _cfg(tmp_path, checkpoint=start_ckpt, max_steps=2, train_encoder=False, train_prompt_encoder=False, val_objects=0,
                box_mask_prior=False)
     tool = build(checkpoint=str(train_sam(cfg, datasets=datasets)))
     assert build(checkpoint=start_ckpt).preprocessing.box_mask_prior and not tool.preprocessing.box_mask_prior
@@ -88,7 +88,7 @@ def test_frozen_parts_do_not_change(tmp_path, datasets, start_ckpt):
 
 
 def test_resume_continues_exactly(tmp_path, datasets, start_ckpt, monkeypatch):
-    kw = dict(checkpoint=start_ckpt, steps=4, click_iterations=1, val_objects=0)
+    kw = dict(checkpoint=start_ckpt, max_steps=4, click_iterations=1, val_objects=0)
     full = build(checkpoint=str(train_sam(_cfg(tmp_path / "a", **kw), datasets=datasets)))
 
     real = st._train_step
@@ -137,4 +137,4 @@ def test_objects_and_bad_config(datasets):
     with pytest.raises(ConfigError):
         SamTrainerConfig(train_encoder=False, train_prompt_encoder=False, train_decoder=False)
     with pytest.raises(ConfigError):
-        SamTrainerConfig(steps=0)
+        SamTrainerConfig(max_steps=0)

@@ -44,7 +44,7 @@ def tiny_dataset() -> Dataset:
 
 
 def _config(tmp_path, **kw) -> ToolTrainerConfig:
-    base = dict(model="unet", steps=8, batch_size=4, crop_size=16, val_every=4, lr=1e-2, out_dir=str(tmp_path / "run"),
+    base = dict(model="unet", max_steps=8, batch_size=4, crop_size=16, val_every=4, lr=1e-2, output_dir=str(tmp_path / "run"),
                 progress=False, model_config={"width": 2, "depth": 2}, seed=3, num_threads=1)
     base.update(kw)
     return ToolTrainerConfig(**base)
@@ -52,7 +52,7 @@ def _config(tmp_path, **kw) -> ToolTrainerConfig:
 
 @pytest.mark.parametrize("model", ["unet", "allukan"])
 def test_training_lowers_the_loss_and_writes_outputs(tmp_path, tiny_dataset, model):
-    config = _config(tmp_path, model=model, steps=25, val_every=25, augment=False)
+    config = _config(tmp_path, model=model, max_steps=25, val_every=25, augment=False)
     best = train_tool(config, dataset=tiny_dataset)
     out = tmp_path / "run"
     assert best == out / "best" and (best / "model.safetensors").exists()
@@ -103,17 +103,49 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, tiny_dataset,
     assert [json.loads(line)["step"] for line in lines] == [4, 8]
 
 
+def test_a_run_saved_with_the_old_field_names_loads_and_resumes(tmp_path, tiny_dataset, monkeypatch):
+    """Runs written before the rename to TRL's names (`steps`, `out_dir`) still load and resume."""
+    from medagent.train.config_io import load_config
+
+    config = _config(tmp_path)
+    run = tmp_path / "run"
+    real, calls = tt.make_batch, {"n": 0}
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # after the state saved at step 4
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tt, "make_batch", counting)
+    with pytest.raises(KeyboardInterrupt):
+        train_tool(config, dataset=tiny_dataset)
+    for path in (run / "config.json", run / "last" / "trainer_state.json"):  # as an older medagent wrote them
+        data = json.loads(path.read_text())
+        saved = data.get("trainer_config", data)
+        saved["steps"], saved["out_dir"] = saved.pop("max_steps"), saved.pop("output_dir")
+        path.write_text(json.dumps(data))
+    assert load_config(ToolTrainerConfig, run / "config.json") == config
+    assert load_config(ToolTrainerConfig, run) == config
+    with pytest.raises(ConfigError, match="'max_steps'"):  # an old state still refuses another schedule
+        train_tool(_config(tmp_path, max_steps=12), dataset=tiny_dataset)
+    calls["n"] = -100
+    train_tool(config, dataset=tiny_dataset)
+    assert calls["n"] == -100 + 4  # resumed at step 4 of 8, not started again
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [4, 8]
+
+
 def test_resume_refuses_a_changed_config(tmp_path, tiny_dataset):
-    train_tool(_config(tmp_path, steps=4), dataset=tiny_dataset)
+    train_tool(_config(tmp_path, max_steps=4), dataset=tiny_dataset)
     with pytest.raises(ConfigError, match="'crop_size'"):
-        train_tool(_config(tmp_path, steps=4, crop_size=20), dataset=tiny_dataset)
+        train_tool(_config(tmp_path, max_steps=4, crop_size=20), dataset=tiny_dataset)
 
 
 def test_bad_trainer_configs():
     with pytest.raises(ConfigError, match="model"):
         ToolTrainerConfig(model="resnet")
-    with pytest.raises(ConfigError, match="steps"):
-        ToolTrainerConfig(steps=0)
+    with pytest.raises(ConfigError, match="max_steps"):
+        ToolTrainerConfig(max_steps=0)
 
 
 def test_dataset_seeds_concatenate_train_splits_and_keep_val_on_dataset_seed(tmp_path, tiny_dataset, monkeypatch):
@@ -128,7 +160,7 @@ def test_dataset_seeds_concatenate_train_splits_and_keep_val_on_dataset_seed(tmp
         return Dataset(tiny_dataset.info, {"train": CaseList.from_cases(cases), "val": CaseList.from_cases(val)})
 
     monkeypatch.setattr(builtin, "load_builtin", fake_load_builtin)
-    config = _config(tmp_path, dataset="fake", dataset_seeds=[2, 0, 5], steps=4, val_every=4)
+    config = _config(tmp_path, dataset="fake", dataset_seeds=[2, 0, 5], max_steps=4, val_every=4)
     assert config.dataset_seeds == (2, 0, 5)  # lists (JSON) become tuples
     cases = tt.training_cases(config, fake_load_builtin("fake", seed=config.dataset_seed))
     assert [c.id for c in cases] == ["s2_c20", "s2_c21", "s0_c0", "s0_c1", "s5_c50", "s5_c51"]
@@ -141,7 +173,7 @@ def test_dataset_seeds_concatenate_train_splits_and_keep_val_on_dataset_seed(tmp
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["dataset_seeds"] == [2, 0, 5]
     with pytest.raises(ConfigError, match="'dataset_seeds'"):  # resume refuses other training data
-        train_tool(_config(tmp_path, dataset="fake", dataset_seeds=[2, 0], steps=4, val_every=4))
+        train_tool(_config(tmp_path, dataset="fake", dataset_seeds=[2, 0], max_steps=4, val_every=4))
     with pytest.raises(ConfigError, match="dataset="):
         train_tool(_config(tmp_path / "x", dataset_seeds=[0, 1]), dataset=tiny_dataset)
     for bad in ([0, 0], [-1], [1.5], 3):
@@ -244,12 +276,12 @@ def test_shipped_recipes_are_versioned():
     assert shipped.SHIPPED_VERSIONS["unet-nuclei"] == "1" and shipped.shipped_config("unet-nuclei", "x").aug_policy == "basic"
     for name in ("unet-mni-tissue", "ifunet-mni-tissue", "allukan-mni-tissue", "unet-ct-phantom"):
         config = shipped.shipped_config(name, "x")
-        assert config.aug_policy == "robust" and config.steps >= 800 and shipped.SHIPPED_VERSIONS[name] == "2"
+        assert config.aug_policy == "robust" and config.max_steps >= 800 and shipped.SHIPPED_VERSIONS[name] == "2"
     assert shipped.shipped_config("unet-ct-phantom", "x").class_balanced_crops
     # version 3: lesions drawn afresh with several dataset seeds, no intensity augmentation, float16 file
     lesion = shipped.shipped_config("unet-mni-lesion", "x")
     assert shipped.SHIPPED_VERSIONS["unet-mni-lesion"] == "3" and "unet-mni-lesion" in shipped.SHIPPED_FLOAT16
-    assert len(lesion.dataset_seeds) >= 2 and lesion.dataset_seed == 0 and not lesion.intensity_aug and lesion.steps >= 3000
+    assert len(lesion.dataset_seeds) >= 2 and lesion.dataset_seed == 0 and not lesion.intensity_aug and lesion.max_steps >= 3000
     assert shipped.SHIPPED_FLOAT16 == {"unet-mni-lesion"}
 
 

@@ -376,7 +376,7 @@ def test_ctta_source_training_has_no_intensity_augmentation_and_shipped_sources_
     from medagent.train.ctta_source import CTTASourceConfig, trainer_config
     from medagent.weights import read_manifest
 
-    cfg = trainer_config(CTTASourceConfig(dataset="nuclei", steps=1, out_dir="unused"))
+    cfg = trainer_config(CTTASourceConfig(dataset="nuclei", max_steps=1, output_dir="unused"))
     assert cfg.model == "unet" and cfg.intensity_aug is False and cfg.crop_size == 64
     for ds in ("mni-tissue", "nuclei"):
         assert source_weights_name(ds) in read_manifest()

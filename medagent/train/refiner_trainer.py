@@ -52,16 +52,20 @@ class RefinerTrainerConfig:
         p_identity: probability that the coarse mask is the GT itself (teaches "leave good masks alone").
         p_gamma_zero: probability of gamma = 0 (the state is the coarse mask: the first reverse step).
         perturbations: names from refiner.perturb.PERTURBATIONS.
-        perturb_strength: largest perturbation strength; each sample draws one uniformly from
+        perturb_strength_min / perturb_strength: each sample draws its perturbation strength uniformly from
             [`perturb_strength_min`, `perturb_strength`] so mild and gross errors are both seen.
         band_radius: band half-width in px (copied into the checkpoint's RefinerConfig).
-        steps: default reverse steps of the shipped refiner (copied into RefinerConfig; training is
-            continuous in gamma, so any step count runs).
+        reverse_steps: default reverse (sampling) steps of the trained refiner, copied into its
+            `RefinerConfig.steps`; training is continuous in gamma, so any step count runs. Not optimisation
+            steps (those are `max_steps`).
         crop_size: side of the square training crop (multiple of 8), centred on a band pixel.
-        batch_size, lr, weight_decay: AdamW with cosine decay over `max_steps`.
+        batch_size: crops per step.
+        lr, weight_decay: AdamW learning rate (cosine decay over `max_steps`) and weight decay.
         dice_weight: weight of the soft Dice term next to BCE.
-        max_steps: optimisation steps (the cosine schedule spans them); `max_minutes` stops earlier
-            (None = no time cap), and so does `stop_step` (e.g. to match another run's step count).
+        max_steps: optimisation steps (the cosine schedule spans them).
+        max_minutes: stop earlier after this much training time (None = no time cap).
+        stop_step: stop earlier at this step (None = at `max_steps`), e.g. to match another run's step count
+            while keeping the schedule of `max_steps`.
         widths, attention_blocks, heads: network shape (RefinerNetConfig).
         save_every: steps between resumable checkpoints.
         seed: seeds data selection, perturbations and initialisation.
@@ -83,7 +87,7 @@ class RefinerTrainerConfig:
     perturb_strength: float = 1.0
     perturb_strength_min: float = 0.3
     band_radius: float = 8.0
-    steps: int = 4
+    reverse_steps: int = 4
     crop_size: int = 80
     batch_size: int = 8
     lr: float = 2e-3
@@ -299,7 +303,7 @@ def train_refiner(config: RefinerTrainerConfig | None = None) -> Path:
     (out / "config.json").write_text(json.dumps({"command": "train tool refine", **asdict(cfg)}, indent=2, default=list) + "\n")
     (out / "versions.json").write_text(json.dumps(_versions(cfg.seed), indent=2) + "\n")
     (out / "data.json").write_text(json.dumps({"n_images": len(records), "sources": notes}, indent=2) + "\n")
-    refiner_cfg = RefinerConfig(steps=cfg.steps, band_radius=cfg.band_radius)
+    refiner_cfg = RefinerConfig(steps=cfg.reverse_steps, band_radius=cfg.band_radius)
     extra = {"training": {"variant": cfg.variant, "n_images": len(records), "sources": notes,
                           "parameters": count_parameters(net), "seed": cfg.seed}}
 

@@ -1,7 +1,7 @@
 """Fine-tune SAM (or train the tiny SAM from scratch) with simulated prompts, MedSAM / interactive style.
 
     from medagent.train.sam_trainer import SamTrainerConfig, train_sam
-    model_dir = train_sam(SamTrainerConfig(datasets=["mni-lesion", "nuclei"], steps=500, seed=0))
+    model_dir = train_sam(SamTrainerConfig(datasets=["mni-lesion", "nuclei"], max_steps=500, seed=0))
     sam = load_tool("sam", checkpoint=str(model_dir))
 
 What one step does:
@@ -26,7 +26,7 @@ Parts to train: `train_encoder`, `train_prompt_encoder`, `train_decoder`; frozen
 (and a frozen encoder runs under no_grad). From scratch for the tiny config (`checkpoint=None`), from an
 official `.pth` or a saved folder otherwise.
 
-Output folder (`out_dir`):
+Output folder (`output_dir`):
     model/        model.safetensors + config.json of the final weights (what `train_sam` returns)
     last/state.pt model, optimizer, step and RNG states for resume (read with weights_only=True)
     config.json   this config;  versions.json  package versions, git SHA, seed
@@ -69,7 +69,7 @@ class SamTrainerConfig:
             folder saved by `SamTool.save_pretrained` to fine-tune.
         checkpoint_type: "auto", "sam" or "medsam" for `.pth` files (see `SamConfig`).
         train_encoder / train_prompt_encoder / train_decoder: which parts get gradients.
-        steps: optimiser steps.
+        max_steps: optimiser steps.
         batch_images: images per step.
         objects_per_image: prompts (objects) per image per step; the decoder runs once per image.
         lr: peak learning rate (AdamW); None -> 1e-3 from scratch, 1e-5 when fine-tuning.
@@ -87,8 +87,8 @@ class SamTrainerConfig:
         shift_copies: domain-shifted copies per training image (`medagent.data.shifts`); 0 disables.
         augment: random flips and intensity jitter per step.
         seed: seeds sampling, prompts, augmentation and initialisation.
-        resume: continue from `out_dir/last/state.pt` when it exists.
-        out_dir: output folder.
+        resume: continue from `output_dir/last/state.pt` when it exists.
+        output_dir: run folder (its layout: see the module docstring).
         save_every: steps between resume states.
         log_every: steps between metrics.jsonl lines.
         max_minutes: stop early (and save) after this much wall time; None = no limit.
@@ -106,7 +106,7 @@ class SamTrainerConfig:
     train_encoder: bool = True
     train_prompt_encoder: bool = True
     train_decoder: bool = True
-    steps: int = 1000
+    max_steps: int = 1000
     batch_images: int = 8
     objects_per_image: int = 4
     lr: float | None = None
@@ -123,7 +123,7 @@ class SamTrainerConfig:
     augment: bool = True
     seed: int = 0
     resume: bool = True
-    out_dir: str = "medagent-runs/train-sam"
+    output_dir: str = "medagent-runs/train-sam"
     save_every: int = 100
     log_every: int = 20
     max_minutes: float | None = None
@@ -138,7 +138,7 @@ class SamTrainerConfig:
             raise ConfigError(f"loss must be 'dice+bce' or 'dice+focal', got {self.loss!r}")
         if not (self.train_encoder or self.train_prompt_encoder or self.train_decoder):
             raise ConfigError("nothing to train: set at least one of train_encoder / train_prompt_encoder / train_decoder")
-        for name in ("steps", "batch_images", "objects_per_image"):
+        for name in ("max_steps", "batch_images", "objects_per_image"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.datasets:
@@ -375,7 +375,7 @@ def _set_trainable(model: torch.nn.Module, cfg: SamTrainerConfig) -> list[torch.
 def _lr_at(step: int, cfg: SamTrainerConfig, peak: float) -> float:
     if step < cfg.warmup_steps:
         return peak * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
@@ -412,7 +412,7 @@ def train_sam(config: SamTrainerConfig, datasets: Sequence[Dataset] | None = Non
     cfg = config
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    out = Path(cfg.out_dir)
+    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     (out / "versions.json").write_text(json.dumps(_versions(cfg.seed), indent=2, default=str) + "\n")
@@ -452,12 +452,12 @@ def train_sam(config: SamTrainerConfig, datasets: Sequence[Dataset] | None = Non
     from tqdm.auto import tqdm
 
     metrics = (out / "metrics.jsonl").open("a")
-    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, desc="train sam", unit="step")
+    bar = tqdm(total=cfg.max_steps, initial=start, disable=not cfg.progress, desc="train sam", unit="step")
     t0 = time.time()
     running = []
     step = start
     model.train()
-    while step < cfg.steps:
+    while step < cfg.max_steps:
         lr = _lr_at(step, cfg, peak)
         for gparam in opt.param_groups:
             gparam["lr"] = lr
@@ -471,7 +471,7 @@ def train_sam(config: SamTrainerConfig, datasets: Sequence[Dataset] | None = Non
         running.append(float(loss.detach()))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
             metrics.write(json.dumps({"step": step, "loss": float(np.mean(running[-cfg.log_every:])), "lr": lr,
                                       "seconds": round(time.time() - t0, 1)}) + "\n")
             metrics.flush()

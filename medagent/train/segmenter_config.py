@@ -1,7 +1,7 @@
 """How a segmenter (`unet`, `ifunet`, `allukan`) is trained: `ToolTrainerConfig` and its `AugmentConfig`.
 
     from medagent.train.segmenter_config import ToolTrainerConfig
-    config = ToolTrainerConfig(model="ifunet", dataset="mni-tissue", steps=600, seed=0)
+    config = ToolTrainerConfig(model="ifunet", dataset="mni-tissue", max_steps=600, seed=0)
 
 Only the configuration lives here (fields, defaults, validation); what uses it is elsewhere:
     medagent.train.augment             crops and the augmentation policies that read `AugmentConfig`
@@ -99,9 +99,9 @@ class ToolTrainerConfig:
             here (a seeded builtin dataset draws new synthetic content per seed on the same slices and
             splits, e.g. new lesions for mni-lesion); empty (default) = the train split of `dataset_seed`.
             Builtin datasets only (not with `data_dir` or an explicit `dataset=`).
-        steps: optimisation steps (one batch each).
+        max_steps: optimisation steps (one batch each).
         batch_size: crops per step.
-        lr: AdamW learning rate (cosine decay to 5% over `steps`, after a 5% linear warm-up).
+        lr: AdamW learning rate (cosine decay to 5% over `max_steps`, after a 5% linear warm-up).
         weight_decay: AdamW weight decay.
         crop_size: side of the square training crops in pixels (images smaller than that are padded).
         foreground_crop_prob: probability that a crop is centred on a random labelled (non-zero) pixel.
@@ -120,8 +120,8 @@ class ToolTrainerConfig:
         val_every: validate (and save `last/`) every this many steps; the end of training always validates.
         max_val_cases: validate on at most this many validation cases (None = all).
         seed: seeds weights, crops and augmentation.
-        out_dir: output folder (its layout: `medagent.train.tool_trainer`).
-        resume: continue from `out_dir/last` when it exists.
+        output_dir: run folder (its layout: `medagent.train.tool_trainer`).
+        resume: continue from `output_dir/last` when it exists.
         num_threads: torch CPU threads (None leaves torch's default).
         progress: show a progress bar (tqdm).
         model_config: further `SegmenterConfig` fields, e.g. {"width": 8, "depth": 3, "form": "shared", "lam": 1.2}.
@@ -132,7 +132,7 @@ class ToolTrainerConfig:
     data_dir: str | None = None
     dataset_seed: int = 0
     dataset_seeds: tuple[int, ...] = ()
-    steps: int = 600
+    max_steps: int = 600
     batch_size: int = 8
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -150,7 +150,7 @@ class ToolTrainerConfig:
     val_every: int = 100
     max_val_cases: int | None = None
     seed: int = 0
-    out_dir: str = "medagent-runs/train-tool"
+    output_dir: str = "medagent-runs/train-tool"
     resume: bool = True
     num_threads: int | None = None
     progress: bool = True
@@ -159,7 +159,7 @@ class ToolTrainerConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ConfigError(f"ToolTrainerConfig.model must be one of {MODELS}, got {self.model!r}")
-        for name in ("steps", "batch_size", "crop_size", "val_every"):
+        for name in ("max_steps", "batch_size", "crop_size", "val_every"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"ToolTrainerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:

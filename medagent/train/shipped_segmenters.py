@@ -5,7 +5,7 @@ trained, scored and installed, and their model cards.
     metrics = train_shipped("unet-mni-tissue")          # train, score, copy into medagent/weights/
 
 Read top to bottom: the recipes (`SHIPPED_RECIPES` over `_SHIPPED_COMMON`, their manifest versions, which
-are stored as float16) -> `shipped_config(name, out_dir)` (the exact `ToolTrainerConfig`) ->
+are stored as float16) -> `shipped_config(name, output_dir)` (the exact `ToolTrainerConfig`) ->
 `train_shipped` (train with `medagent.train.tool_trainer.train_tool`, then `shipped_checkpoint`,
 `score_checkpoint`, `install_shipped`) -> `_model_card` (the README.md written next to the weights).
 """
@@ -24,20 +24,20 @@ from medagent.train.segmenter_config import AugmentConfig, ToolTrainerConfig
 from medagent.train.tool_trainer import _as_2d, evaluate_dice, evaluate_dice_augmented, train_tool
 
 #: version 2 (robust intensity augmentation, 1000 steps); `unet-nuclei` keeps its version-1 recipe
-_SHIPPED_COMMON = dict(steps=1000, batch_size=8, crop_size=80, lr=3e-3, val_every=100, seed=0, num_threads=1,
+_SHIPPED_COMMON = dict(max_steps=1000, batch_size=8, crop_size=80, lr=3e-3, val_every=100, seed=0, num_threads=1,
                        aug_policy="robust", model_config={"width": 8, "depth": 3})
-_V1 = dict(steps=400, val_every=50, aug_policy="basic")
+_V1 = dict(max_steps=400, val_every=50, aug_policy="basic")
 SHIPPED_RECIPES: dict[str, dict[str, Any]] = {
     # mni-tissue: 1500 steps beat 1000 (800 for allukan) on val, clean and augmented (docs/segmenters.md)
-    "unet-mni-tissue": dict(model="unet", dataset="mni-tissue", steps=1500),
-    "ifunet-mni-tissue": dict(model="ifunet", dataset="mni-tissue", steps=1500),
-    "allukan-mni-tissue": dict(model="allukan", dataset="mni-tissue", steps=1500),
+    "unet-mni-tissue": dict(model="unet", dataset="mni-tissue", max_steps=1500),
+    "ifunet-mni-tissue": dict(model="ifunet", dataset="mni-tissue", max_steps=1500),
+    "allukan-mni-tissue": dict(model="allukan", dataset="mni-tissue", max_steps=1500),
     # version 3, synthetic lesions: train on the train splits of 40 dataset seeds (new lesions on the same
     # slices; val and test stay on seed 0), no intensity augmentation (the robust policy's blur, gamma and
     # noise cost 0.2 clean val Dice: they wash out the lesions' texture), 60% lesion-centred crops (0.9 gave
     # more false positives), width 16 and 4000 steps; the measurements are in docs/segmenters.md
     "unet-mni-lesion": dict(model="unet", dataset="mni-lesion", dataset_seeds=tuple(range(40)), intensity_aug=False,
-                            foreground_crop_prob=0.6, dice_weight=2.0, steps=4000, model_config={"width": 16, "depth": 3}),
+                            foreground_crop_prob=0.6, dice_weight=2.0, max_steps=4000, model_config={"width": 16, "depth": 3}),
     "unet-nuclei": dict(model="unet", dataset="nuclei", crop_size=64, **_V1),
     # seven classes of very different sizes: class-balanced crops so that bone and vessel are seen
     "unet-ct-phantom": dict(model="unet", dataset="ct-phantom", crop_size=96, foreground_crop_prob=0.9, class_balanced_crops=True,
@@ -56,12 +56,12 @@ SHIPPED_FLOAT16: frozenset[str] = frozenset({"unet-mni-lesion"})
 CHECK_CASES = 4
 
 
-def shipped_config(name: str, out_dir: str | Path) -> ToolTrainerConfig:
+def shipped_config(name: str, output_dir: str | Path) -> ToolTrainerConfig:
     """The exact `ToolTrainerConfig` of shipped checkpoint `name` (see `SHIPPED_RECIPES`)."""
     if name not in SHIPPED_RECIPES:
         raise ConfigError(f"no recipe for shipped checkpoint {name!r}; known: {sorted(SHIPPED_RECIPES)}")
     fields = {**_SHIPPED_COMMON, **SHIPPED_RECIPES[name]}
-    return ToolTrainerConfig(**fields, out_dir=str(out_dir), progress=False)
+    return ToolTrainerConfig(**fields, output_dir=str(output_dir), progress=False)
 
 
 def train_shipped(name: str, work_dir: str | Path = "medagent-runs/shipped", install: bool = True,
@@ -85,7 +85,7 @@ def train_shipped(name: str, work_dir: str | Path = "medagent-runs/shipped", ins
     tool = TOOL_CLASSES[config.model].from_pretrained(best)
     metrics = {**score_checkpoint(tool, config), "train_seconds": round(seconds, 1), "parameters": tool.num_parameters(),
                "threads": config.num_threads}
-    (Path(config.out_dir) / "shipped_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (Path(config.output_dir) / "shipped_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if install:
         install_shipped(name, best, metrics)
     return metrics
@@ -176,7 +176,7 @@ Tiny `{config.model}` segmenter shipped with medagent (embedded default; offline
   `medagent data list`).
 - Recipe (seeded, exact):
   `medagent.train.shipped_segmenters.train_shipped("{name}")`, i.e.
-  `train_tool(shipped_config("{name}", out_dir))` with the common settings
+  `train_tool(shipped_config("{name}", output_dir))` with the common settings
   `{json.dumps(_SHIPPED_COMMON)}` overridden by `{recipe}`; {policy}; geometric augmentation (flips,
   rotations up to {config.max_rotation_deg:g} degrees).
 - Seed: {config.seed}. Threads: {config.num_threads}. Training time: {metrics['train_seconds']} s on a shared
@@ -190,6 +190,6 @@ Tiny `{config.model}` segmenter shipped with medagent (embedded default; offline
 `metrics.json` also records the Dice on the first {CHECK_CASES} test cases, which
 tests/test_segmenters.py recomputes (tolerance 0.01). Robustness to the shifted centres of
 `medagent.data.shifts`: see docs/segmenters.md (`python bench/bench_segmenters.py --shipped`). Limits: tiny
-width ({config.model_config.get("width", 8)}), {config.steps} CPU steps, template-derived or synthetic labels: a demonstration model, not a
+width ({config.model_config.get("width", 8)}), {config.max_steps} CPU steps, template-derived or synthetic labels: a demonstration model, not a
 clinical one.
 """

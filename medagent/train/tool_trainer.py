@@ -2,7 +2,7 @@
 
     from medagent.train.segmenter_config import ToolTrainerConfig
     from medagent.train.tool_trainer import train_tool
-    best = train_tool(ToolTrainerConfig(model="ifunet", dataset="mni-tissue", steps=600, seed=0))
+    best = train_tool(ToolTrainerConfig(model="ifunet", dataset="mni-tissue", max_steps=600, seed=0))
     tool = load_tool("ifunet", checkpoint=str(best))
 
 This module is the loop and what it needs, in the order it runs: `train_tool` (start or resume, then
@@ -18,7 +18,7 @@ Loss: cross-entropy + soft Dice over the foreground classes. Inputs go through
 augmentation of `medagent.train.augment`. Every `val_every` steps the model predicts the whole
 validation images and the mean foreground Dice (`medagent.metrics.per_class`) decides the best checkpoint.
 
-Output folder (`out_dir`):
+Output folder (`output_dir`):
     best/         model.safetensors + config.json of the best validation Dice (what `train_tool` returns)
     last/         the latest state: weights, optimizer, step, RNG, best score (for resume)
     config.json   this trainer config;  versions.json  package versions, git SHA, seed
@@ -45,6 +45,7 @@ from medagent.data.dataset import Dataset
 from medagent.errors import ConfigError, DataError
 from medagent.tools.segmenters import SegmenterConfig, SegmenterTool, build_segmenter, load_safetensors, model_input
 from medagent.train.augment import make_batch, rescaler, robust_intensity_augment
+from medagent.train.config_io import upgrade_keys
 from medagent.train.segmenter_config import AugmentConfig, ToolTrainerConfig
 
 
@@ -52,7 +53,7 @@ from medagent.train.segmenter_config import AugmentConfig, ToolTrainerConfig
 # the loop
 # ----------------------------------------------------------------------------------------------
 def train_tool(config: ToolTrainerConfig, dataset: Dataset | None = None) -> Path:
-    """Train `config.model`; returns the folder of the best checkpoint (`out_dir/best`).
+    """Train `config.model`; returns the folder of the best checkpoint (`output_dir/best`).
 
     Args:
         config: see `ToolTrainerConfig`.
@@ -63,7 +64,7 @@ def train_tool(config: ToolTrainerConfig, dataset: Dataset | None = None) -> Pat
         raise ConfigError("ToolTrainerConfig.dataset_seeds loads builtin datasets itself; do not pass dataset= too")
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
-    out = Path(config.out_dir)
+    out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     dataset = dataset if dataset is not None else load_training_data(config)
     info = dataset.info
@@ -101,14 +102,14 @@ def train_tool(config: ToolTrainerConfig, dataset: Dataset | None = None) -> Pat
     _write_versions(out, config.seed)
     pairs = _prepare(train_cases, tool.config)
     rescale = rescaler(tool.config)
-    bar = _progress(config.steps, step, config.progress, f"train {config.model}")
+    bar = _progress(config.max_steps, step, config.progress, f"train {config.model}")
     started, losses = time.time(), []
     try:
-        while step < config.steps:
+        while step < config.max_steps:
             tool.net.train()
             x, y = make_batch(pairs, config, rng, rescale)
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * _lr_factor(step, config.steps)
+                group["lr"] = config.lr * _lr_factor(step, config.max_steps)
             loss = dice_ce_loss(tool.net(x), y, config.dice_weight, config.ce_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -118,7 +119,7 @@ def train_tool(config: ToolTrainerConfig, dataset: Dataset | None = None) -> Pat
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}", best=f"{best:.3f}")
-            if step % config.val_every == 0 or step == config.steps:
+            if step % config.val_every == 0 or step == config.max_steps:
                 tool.net.eval()
                 result = evaluate_dice(tool, val_cases)
                 if result["mean_dice"] > best:
@@ -295,20 +296,20 @@ def _save_state(folder: Path, tool: SegmenterTool, optimizer: torch.optim.Optimi
         tmp.rename(folder)
 
 
-_RESUME_MUST_MATCH = ("model", "dataset", "data_dir", "dataset_seed", "dataset_seeds", "batch_size", "crop_size", "seed", "model_config", "steps", "lr",
+_RESUME_MUST_MATCH = ("model", "dataset", "data_dir", "dataset_seed", "dataset_seeds", "batch_size", "crop_size", "seed", "model_config", "max_steps", "lr",
                       "aug_policy", "aug")
 
 
 def _load_state(folder: Path, tool_cls: type[SegmenterTool], optimizer_factory, config: ToolTrainerConfig):
     meta = json.loads((folder / "trainer_state.json").read_text())
-    saved = meta["trainer_config"]
+    saved = upgrade_keys(ToolTrainerConfig, meta["trainer_config"])  # runs saved before the rename: steps, out_dir
     now = json.loads(json.dumps(dataclasses.asdict(config)))  # as JSON sees it (tuples become lists)
     for name in _RESUME_MUST_MATCH:
         was = saved.get(name, [] if name == "dataset_seeds" else None)  # states saved before the field existed
         if was != now[name]:
             raise ConfigError(
                 f"{folder}: cannot resume: field {name!r} was {was!r}, now {now[name]!r}; "
-                "use another out_dir or resume=False"
+                "use another output_dir or resume=False"
             )
     tool = tool_cls.from_pretrained(folder)
     optimizer = optimizer_factory(tool)
