@@ -138,3 +138,12 @@ def test_objects_and_bad_config(datasets):
         SamTrainerConfig(train_encoder=False, train_prompt_encoder=False, train_decoder=False)
     with pytest.raises(ConfigError):
         SamTrainerConfig(max_steps=0)
+
+
+def test_stop_step_stops_there_on_the_full_schedule(tmp_path, datasets, start_ckpt):
+    cfg = _cfg(tmp_path, checkpoint=start_ckpt, max_steps=6, stop_step=2, val_objects=0)
+    train_sam(cfg, datasets=datasets)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "step" in x] == [1, 2] and lines[-1]["steps"] == 2
+    # the learning rate at step 2 is the one of a 6-step schedule, not a 2-step one
+    assert lines[1]["lr"] == pytest.approx(st._lr_at(1, cfg, 1e-3))

@@ -1,7 +1,7 @@
 """Train the discrete-diffusion contour refiner (or its one-shot baseline) on builtin data.
 
     from medagent.train.refiner_trainer import RefinerTrainerConfig, train_refiner
-    checkpoint = train_refiner(RefinerTrainerConfig(output_dir="runs/refine", max_minutes=10))
+    checkpoint = train_refiner(RefinerTrainerConfig(output_dir="runs/refine", stop_step=1770))
     tool = RefineTool.from_pretrained(checkpoint)
 
 Read top to bottom: collect <= `max_images` training images (builtin train splits + procedural blobs)
@@ -63,7 +63,8 @@ class RefinerTrainerConfig:
         lr, weight_decay: AdamW learning rate (cosine decay over `max_steps`) and weight decay.
         dice_weight: weight of the soft Dice term next to BCE.
         max_steps: optimisation steps (the cosine schedule spans them).
-        max_minutes: stop earlier after this much training time (None = no time cap).
+        max_minutes: stop earlier after this much training time (None = no time cap, the default: a time cap
+            depends on the machine's speed, so shipped recipes use `stop_step`).
         stop_step: stop earlier at this step (None = at `max_steps`), e.g. to match another run's step count
             while keeping the schedule of `max_steps`.
         widths, attention_blocks, heads: network shape (RefinerNetConfig).
@@ -94,7 +95,7 @@ class RefinerTrainerConfig:
     weight_decay: float = 1e-4
     dice_weight: float = 0.5
     max_steps: int = 2400
-    max_minutes: float | None = 10.0
+    max_minutes: float | None = None
     stop_step: int | None = None
     widths: tuple[int, int, int, int] = (16, 24, 40, 64)
     attention_blocks: int = 2

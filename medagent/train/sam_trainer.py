@@ -91,7 +91,10 @@ class SamTrainerConfig:
         output_dir: run folder (its layout: see the module docstring).
         save_every: steps between resume states.
         log_every: steps between metrics.jsonl lines.
-        max_minutes: stop early (and save) after this much wall time; None = no limit.
+        max_minutes: stop early (and save) after this much wall time; None = no limit. Depends on the
+            machine's speed: shipped recipes use `stop_step` instead.
+        stop_step: stop (and save) after this step while the learning-rate schedule still spans `max_steps`
+            (a step-exact early stop, e.g. to keep an intermediate state); None = run to `max_steps`.
         val_objects: objects scored on the val split at the end (box prompt Dice); 0 skips.
         save_dtype: "float32" or "float16" for the saved model weights.
         num_threads: torch CPU threads; None leaves torch's default.
@@ -127,6 +130,7 @@ class SamTrainerConfig:
     save_every: int = 100
     log_every: int = 20
     max_minutes: float | None = None
+    stop_step: int | None = None
     val_objects: int = 200
     save_dtype: str = "float32"
     num_threads: int | None = None
@@ -478,6 +482,8 @@ def train_sam(config: SamTrainerConfig, datasets: Sequence[Dataset] | None = Non
         if step % cfg.save_every == 0:
             save_state(step)
         if cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes:
+            break
+        if cfg.stop_step is not None and step >= cfg.stop_step:
             break
     bar.close()
     save_state(step)
