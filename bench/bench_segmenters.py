@@ -8,7 +8,7 @@ recipe (`medagent.train.shipped_segmenters`: steps, batch, crop, lr, augmentatio
 Printed: per-class Dice, mean foreground Dice and mean HD95 (mm; NaN where a class is missing from one of
 the masks is skipped) as mean +- std over seeds, and parameter counts. Classes are matched by name.
 
-    python bench/bench_segmenters.py            # 3 seeds, the shipped recipe's 400 steps
+    python bench/bench_segmenters.py            # 3 seeds, each task's shipped unet recipe and its steps
     python bench/bench_segmenters.py --quick    # 1 seed, 60 steps, 12 test cases: a smoke run
     python bench/bench_segmenters.py --shipped  # no training: the shipped checkpoints vs otsu (the issue's goal)
 """
@@ -58,10 +58,12 @@ def evaluate(tool, cases, class_names: dict[int, str]) -> dict[str, dict[str, fl
     return out
 
 
-def train(model: str, dataset: str, seed: int, steps: int, workdir: str):
-    """Train one network with the shipped unet recipe of `dataset` (same budget for every model)."""
+def train(model: str, dataset: str, seed: int, steps: int | None, workdir: str):
+    """Train one network with the shipped unet recipe of `dataset` (same budget for every model; `steps` None
+    keeps the recipe's own)."""
     recipe = f"unet-{dataset}" if f"unet-{dataset}" in SHIPPED_RECIPES else "unet-mni-tissue"
     base = shipped_config(recipe, f"{workdir}/{model}-{dataset}-{seed}")
+    steps = base.max_steps if steps is None else steps
     config = dataclasses.replace(base, model=model, dataset=dataset, seed=seed, max_steps=steps, val_every=max(steps // 4, 1), resume=False,
                                  model_config={k: v for k, v in base.model_config.items()})
     best = train_tool(config)
@@ -72,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 seed, 60 steps, 12 test cases, centres B and D")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped unet recipe's max_steps of each task)")
     parser.add_argument("--other", default="nuclei", help="the other builtin task")
     parser.add_argument("--centres", default="B,C,D,E")
     parser.add_argument("--max-cases", type=int, default=0, help="test cases per condition (0 = all)")
@@ -138,7 +140,7 @@ def _ms(values: list[float]) -> str:
 
 
 def print_table(results, params, dataset_of, seeds, args, seconds) -> None:
-    print(f"\nSegmenters: {len(seeds)} seed(s) {seeds}, {args.steps} steps each (same recipe for every network), "
+    print(f"\nSegmenters: {len(seeds)} seed(s) {seeds}, {args.steps or "recipe"} steps each (same recipe for every network), "
           f"{'all' if not args.max_cases else args.max_cases} test cases per condition; Dice / HD95 (mm) mean+-std over seeds\n")
     conds = list(dict.fromkeys(c for c, _ in results))
     for cond in conds:
