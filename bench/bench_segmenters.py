@@ -140,7 +140,7 @@ def _ms(values: list[float]) -> str:
 
 
 def print_table(results, params, dataset_of, seeds, args, seconds) -> None:
-    print(f"\nSegmenters: {len(seeds)} seed(s) {seeds}, {args.steps or "recipe"} steps each (same recipe for every network), "
+    print(f"\nSegmenters: {len(seeds)} seed(s) {seeds}, {args.steps or 'recipe'} steps each (same recipe for every network), "
           f"{'all' if not args.max_cases else args.max_cases} test cases per condition; Dice / HD95 (mm) mean+-std over seeds\n")
     conds = list(dict.fromkeys(c for c, _ in results))
     for cond in conds:
