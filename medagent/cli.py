@@ -276,8 +276,8 @@ def eval_interactive(
     dataset: Optional[str] = typer.Option(None, help="Builtin dataset name, several comma-separated, or 'all'."),
     data: Optional[Path] = typer.Option(None, help="Dataset folder (nnU-Net/MSD, images+labels, YOLO)."),
     split: str = typer.Option("test", help="Split to evaluate."),
-    clicks: int = typer.Option(5, help="Corrective clicks after the first prompt (the curve's k)."),
-    no_box: bool = typer.Option(False, "--no-box", help="Click-only: no box; the first click at the object's centre."),
+    clicks: int = typer.Option(5, help="Clicks per object, k: after the box, or all of them with --no-box."),
+    no_box: bool = typer.Option(False, "--no-box", help="Click-only: no box; the first click at the object's deepest pixel."),
     max_objects: Optional[int] = typer.Option(None, help="At most this many objects per dataset (seeded draw)."),
     min_area: int = typer.Option(16, help="Smallest object, pixels (voxels in 3D)."),
     no_logits: bool = typer.Option(False, "--no-logits", help="Do not send the tool's previous logits with each prompt."),
@@ -300,7 +300,8 @@ def eval_interactive(
         names = [d.strip() for d in dataset.split(",") if d.strip()] if dataset is not None else None
         report = evaluate_interactive(name, dataset=names, data_dir=data, split=split, clicks=clicks, box=not no_box,
                                       max_objects=max_objects, min_area=min_area, seed=seed, checkpoint=checkpoint,
-                                      use_previous_logits=not no_logits, run_root=runs_dir, json_out=json_out)
+                                      use_previous_logits=not no_logits, run_root=runs_dir, json_out=json_out,
+                                      progress=_console().is_terminal)
         mode = "click-only" if no_box else "box"
         title = f"{name}: {mode} + {clicks} clicks on {split} (mean, 95% CI below; NoC up to 20 clicks)"
         _console().print(interactive_table(report, title=title))
