@@ -69,6 +69,10 @@ class TinyVLMConfig:
         vision_hidden_size / vision_intermediate_size / vision_depth / vision_heads: vision tower.
         deepstack_visual_indexes: vision layers whose features are also fed to the decoder (each < vision_depth).
         num_position_embeddings: learned vision position grid (a square number; interpolated to the image).
+        tie_word_embeddings: share the input embedding and the output head (as Qwen3-VL 2B does). Tied, a
+            token the model attends to in its context scores high at its output, which is what copying a
+            coordinate from a tool answer needs; each of the 1000 number tokens is then trained by every use
+            as input, not only by the few times it is the answer.
         min_pixels / max_pixels: image area bounds of the image processor, pixels. The image is resized to a
             multiple of 32 per side within them; each 32x32 block is one image token (patch 16, merge 2).
         seed: seed of the tokenizer corpus and of the random weights.
@@ -88,6 +92,7 @@ class TinyVLMConfig:
     vision_heads: int = 2
     deepstack_visual_indexes: tuple[int, ...] = (0,)
     num_position_embeddings: int = 64
+    tie_word_embeddings: bool = False
     min_pixels: int = 32 * 32
     max_pixels: int = 128 * 128
     seed: int = 0
@@ -254,7 +259,7 @@ def build_tiny_vlm(config: TinyVLMConfig | None = None) -> tuple[Any, Any]:
         },
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+        tie_word_embeddings=cfg.tie_word_embeddings,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -444,9 +449,10 @@ def play_batched(envs: Sequence[Any], agent: VLMPolicyAgent, seeds: Sequence[int
 
 
 def policy_config(seed: int = 0) -> TinyVLMConfig:
-    """The shape of the shipped tiny policy (about 1.7 M parameters): text decoder 4 x 128, vision tower 2 x 64,
-    128 x 128 images (16 image tokens each: the policy reads boxes from tool answers more than pixels)."""
+    """The shape of the shipped tiny policy (about 1.3 M parameters): text decoder 4 x 128 with tied embeddings,
+    vision tower 2 x 64, 128 x 128 images (16 image tokens each: the policy reads boxes from tool answers more
+    than pixels)."""
     return TinyVLMConfig(hidden_size=128, intermediate_size=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
                          mrope_section=(4, 6, 6), vision_hidden_size=64, vision_intermediate_size=128, vision_depth=2,
                          vision_heads=2, deepstack_visual_indexes=(1,), num_position_embeddings=64,
-                         min_pixels=128 * 128, max_pixels=128 * 128, seed=seed)
+                         min_pixels=128 * 128, max_pixels=128 * 128, tie_word_embeddings=True, seed=seed)
