@@ -32,7 +32,7 @@ from medagent.envs.config import EnvConfig
 from medagent.envs.conversation import ToolTurn, tool_turn
 from medagent.envs.episode import CallResult, Episode
 from medagent.envs.parsing import dict_action_to_call
-from medagent.envs.tool_specs import AUTO_MODELS, POINT_TYPES, TOOL_NAMES
+from medagent.envs.tool_specs import POINT_TYPES, TOOL_NAMES, auto_models
 from medagent.envs.provider import ToolProvider
 from medagent.envs.render import CHARSET, draw_prompts, overlay, resize_mask, resize_rgb, sanitize_text
 from medagent.envs.targets import Target, list_targets
@@ -250,7 +250,8 @@ class DictActionSegEnv(InteractiveSegEnv):
 
     Action: Dict(tool: Discrete(8) over `TOOL_NAMES`, bbox_2d: Box(0, 999, (4,), int64), point_2d:
     Box(0, 999, (2,), int64), point_type: Discrete(2) (0 positive, 1 negative), model: Discrete(3) over
-    `AUTO_MODELS`). Only the chosen tool's fields are read; validation is `parsing.validate_call`.
+    `auto_models()` (more with automatic tools from outside medagent)). Only the chosen tool's fields are read;
+    validation is `parsing.validate_call`.
     """
 
     def _make_action_space(self) -> spaces.Space:
@@ -259,7 +260,7 @@ class DictActionSegEnv(InteractiveSegEnv):
             "bbox_2d": spaces.Box(0, 999, (4,), np.int64),
             "point_2d": spaces.Box(0, 999, (2,), np.int64),
             "point_type": spaces.Discrete(len(POINT_TYPES)),
-            "model": spaces.Discrete(len(AUTO_MODELS)),
+            "model": spaces.Discrete(len(auto_models())),
         })
 
     def _run(self, action: Any) -> tuple[list[CallResult], float]:

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from medagent.envs.tool_specs import AUTO_MODELS, POINT_TYPES, SPECS_BY_NAME, TOOL_NAMES, ArgSpec
+from medagent.envs.tool_specs import AUTO_MODELS, POINT_TYPES, TOOL_NAMES, ArgSpec, auto_models, spec_by_name  # noqa: F401 (AUTO_MODELS: re-exported)
 
 #: Longest message text the parser reads; the rest is ignored (keeps adversarial inputs cheap).
 MAX_MESSAGE_CHARS = 20_000
@@ -141,7 +141,7 @@ def validate_call(name: Any, arguments: Any, raw: str = "") -> ToolCall | Invali
         arguments: a mapping of argument name -> value.
         raw: the source text, kept for the history.
     """
-    spec = SPECS_BY_NAME.get(name) if isinstance(name, str) else None
+    spec = spec_by_name(name) if isinstance(name, str) else None
     if spec is None:
         return InvalidCall(_short(str(name), 40), f"unknown tool {_short(str(name), 40)!r}; tools: {', '.join(TOOL_NAMES)}", raw)
     if arguments is None:
@@ -180,7 +180,7 @@ def validate_call(name: Any, arguments: Any, raw: str = "") -> ToolCall | Invali
 
 def dict_action_to_call(action: Mapping[str, Any]) -> ToolCall | InvalidCall:
     """The Dict-action path: {"tool": index into TOOL_NAMES, "bbox_2d": (4,), "point_2d": (2,),
-    "point_type": 0 positive / 1 negative, "model": index into AUTO_MODELS} -> the same validation.
+    "point_type": 0 positive / 1 negative, "model": index into auto_models()} -> the same validation.
 
     Only the arguments of the chosen tool are read.
     """
@@ -197,7 +197,7 @@ def dict_action_to_call(action: Mapping[str, Any]) -> ToolCall | InvalidCall:
             arguments["point_2d"] = [int(v) for v in np.asarray(action["point_2d"]).reshape(-1)]
             arguments["point_type"] = POINT_TYPES[int(np.asarray(action["point_type"]).item())]
         elif name == "auto_segment":
-            arguments["model"] = AUTO_MODELS[int(np.asarray(action["model"]).item())]
+            arguments["model"] = auto_models()[int(np.asarray(action["model"]).item())]
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         return InvalidCall(name, f"Dict action for {name} has a missing or bad field: {_short(str(exc), 60)}")
     return validate_call(name, arguments, raw=json.dumps({"name": name, "arguments": arguments}))

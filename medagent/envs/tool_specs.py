@@ -5,6 +5,8 @@ Everything that needs to know the tools derives from `TOOL_SPECS`:
 - `tool_schema()` is the JSON schema given to `apply_chat_template(tools=...)` on every path;
 - `medagent.envs.trl_adapter` builds the methods TRL turns into tools from it, and a test holds
   transformers' `get_json_schema` of those methods equal to `tool_schema()`.
+`tool_specs()` is `TOOL_SPECS` with `auto_segment`'s model enum extended by the automatic tools registered from
+outside medagent (`auto_models()`: `medagent.tools` entry points, `register_tool`); with none it is `TOOL_SPECS`.
 
 Names and argument shapes are MedSAM-Agent's (`add_bbox`, `add_point`, `stop_action`) plus medagent's
 tools (DESIGN.md, "The environment contract"); coordinates are integers in the 0-999 frame.
@@ -12,7 +14,7 @@ tools (DESIGN.md, "The environment contract"); coordinates are integers in the 0
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 FRAME_HINT = "integers in a 0-999 frame relative to the image width and height"
@@ -67,7 +69,8 @@ class ToolSpec:
                                                  "parameters": parameters}}
 
 
-#: Automatic segmenters `auto_segment` can run.
+#: Automatic segmenters `auto_segment` can run (frozen: the schema the shipped policy was trained on); automatic
+#: tools from outside medagent join them at run time (`auto_models()`).
 AUTO_MODELS = ("unet", "ifunet", "allukan")
 POINT_TYPES = ("positive", "negative")
 
@@ -96,6 +99,33 @@ SPECS_BY_NAME: dict[str, ToolSpec] = {spec.name: spec for spec in TOOL_SPECS}
 TOOL_NAMES: tuple[str, ...] = tuple(SPECS_BY_NAME)
 
 
+def auto_models() -> tuple[str, ...]:
+    """The `auto_segment` models: `AUTO_MODELS`, then every automatic tool the registry holds from outside
+    medagent (a `medagent.tools` entry point of an installed package, or `register_tool`), by name. With no such
+    tool this is `AUTO_MODELS` and the schema is the frozen one."""
+    from medagent.tools.base import ToolKind
+    from medagent.tools.registry import external_tools
+
+    extra = [name for name, spec in external_tools().items() if spec.kind is ToolKind.AUTOMATIC and name not in AUTO_MODELS]
+    return AUTO_MODELS + tuple(extra)
+
+
+def tool_specs() -> tuple[ToolSpec, ...]:
+    """`TOOL_SPECS` with the `auto_segment` model enum of `auto_models()` (`TOOL_SPECS` itself when it adds none)."""
+    models = auto_models()
+    if models == AUTO_MODELS:
+        return TOOL_SPECS
+    return tuple(replace(spec, args=tuple(replace(a, choices=models) if a.name == "model" else a for a in spec.args))
+                 if spec.name == "auto_segment" else spec for spec in TOOL_SPECS)
+
+
+def spec_by_name(name: str) -> ToolSpec | None:
+    """The declaration of tool `name` as `tool_specs()` has it, or None."""
+    if name == "auto_segment":
+        return next(spec for spec in tool_specs() if spec.name == name)
+    return SPECS_BY_NAME.get(name)
+
+
 def tool_schema() -> list[dict[str, Any]]:
     """JSON schemas of every tool, in schema order: what `apply_chat_template(tools=...)` renders."""
-    return [spec.json_schema() for spec in TOOL_SPECS]
+    return [spec.json_schema() for spec in tool_specs()]

@@ -25,14 +25,14 @@ from typing import Any, Literal
 
 from medagent.envs.conversation import ConversationRenderer
 from medagent.envs.parsing import format_call
-from medagent.envs.tool_specs import TOOL_SPECS, ArgSpec, ToolSpec
+from medagent.envs.tool_specs import ArgSpec, ToolSpec, tool_specs
 
 #: Answer of a call made after the episode is over (TRL runs every call of a message; the env drops them).
 AFTER_END = "The episode is over; no more calls are run."
 
 
 class SegToolEnvironment:
-    """One rollout's environment for TRL; its tool methods are generated from `TOOL_SPECS` (module docstring).
+    """One rollout's environment for TRL; its tool methods are generated from `tool_specs()` (module docstring).
 
     Args:
         env: an `InteractiveSegEnv` to drive, or None to build one from `env_kwargs` at the first `reset`.
@@ -123,7 +123,7 @@ def _tool_method(spec: ToolSpec) -> Any:
     return method
 
 
-for _spec in TOOL_SPECS:
+for _spec in tool_specs():  # auto_segment's model enum includes plugins installed when this module is imported
     setattr(SegToolEnvironment, _spec.name, _tool_method(_spec))
 
 
