@@ -23,10 +23,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Builtin datasets and user folders: list, show, export.", no_args_is_help=True)
 tool_app = typer.Typer(help="Segmentation tools: list them, run one on an image.", no_args_is_help=True)
-eval_app = typer.Typer(help="Evaluate tools (and agents) on datasets; writes a run folder and results JSON.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate tools, agents and the interactive protocol on datasets; each writes a run folder and results JSON.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(tool_app, name="tool")
-train_app = typer.Typer(help="Train tools (and, as they land, the policy).", no_args_is_help=True)
+train_app = typer.Typer(help="Train tools and the policy (SFT, GRPO, the whole recipe).", no_args_is_help=True)
 env_app = typer.Typer(help="The interactive segmentation environment: play agents in it.", no_args_is_help=True)
 traj_app = typer.Typer(help="Expert trajectories: generate, export for TRL SFT, show.", no_args_is_help=True)
 app.add_typer(env_app, name="env")
@@ -785,7 +785,7 @@ def demo(
     out: Path = typer.Option(Path("medagent-runs"), help="Where the demo's run folder goes."),
     quick: bool = typer.Option(False, help="Fewer cases (for tests)."),
 ) -> None:
-    """The main job on the embedded default: builtin datasets, tools, metrics (and, as they land, the agent)."""
+    """The main job on the embedded default: builtin datasets, each tool, the environment, agents and the shipped policy."""
     from medagent.demo import run_demo
 
     _run_guarded(lambda: run_demo(out, quick=quick, console=_console()))
