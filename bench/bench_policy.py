@@ -143,13 +143,13 @@ if stage == "grpo":
     from medagent.train.grpo import GRPORunConfig, run_grpo
     from medagent.weights import weights_path
     run = run_grpo(GRPORunConfig(model=str(weights_path("policy-tiny")), env={"dataset": "mni-lesion", "image_size": 128},
-                                 prompts=16, out_dir=out, max_steps=4, num_generations=4, per_device_train_batch_size=8,
+                                 prompts=16, output_dir=out, max_steps=4, num_generations=4, per_device_train_batch_size=8,
                                  max_completion_length=512, progress=False, save_model=False))
 else:
     from medagent.train.sft import SFTRunConfig, run_sft
     from medagent.trajectories.prompts import GroundingConfig
     data = [] if stage == "grounding" else [sys.argv[4]]
-    run = run_sft(SFTRunConfig(data=data, stage=stage, tiny=policy_config(), out_dir=out, max_steps=10, eval_split=None,
+    run = run_sft(SFTRunConfig(data=data, stage=stage, tiny=policy_config(), output_dir=out, max_steps=10, eval_split=None,
                                per_device_train_batch_size=8, save_model=False,
                                grounding=GroundingConfig(rows=80, image_size=128)))
 logs = [json.loads(l) for l in open(f"{out}/metrics.jsonl")]

@@ -636,8 +636,8 @@ def train_sft_cmd(
                                         "default: the tiny offline VLM."),
     steps: Optional[int] = typer.Option(None, help="Optimisation steps (default: one epoch)."),
     lora: bool = typer.Option(False, help="Train LoRA adapters (peft) and merge them into model/ at the end."),
-    out: Optional[str] = typer.Option(None, help="Run folder."),
-    resume: bool = typer.Option(False, help="Continue from the last checkpoint in the run folder (needs --out)."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "--out", help="Run folder."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in the run folder (needs --output-dir)."),
     seed: int = typer.Option(0, help="Seed."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any other SFTRunConfig field: --set learning_rate=1e-4."),
 ) -> None:
@@ -646,7 +646,7 @@ def train_sft_cmd(
     from medagent.train.sft import SFTRunConfig, run_sft
 
     def run():
-        values = {"data": [str(d) for d in data or []], "stage": stage, "model": model, "out_dir": out, "seed": seed,
+        values = {"data": [str(d) for d in data or []], "stage": stage, "model": model, "output_dir": output_dir, "seed": seed,
                   "lora": lora, "resume": resume, "progress": True}
         if steps is not None:
             values["max_steps"] = steps
@@ -670,8 +670,8 @@ def train_grpo_cmd(
     image_size: int = typer.Option(224, help="Policy image side, pixels."),
     max_turns: int = typer.Option(5, help="Env turns (= TRL's max_tool_calling_iterations)."),
     lora: bool = typer.Option(False, help="Train LoRA adapters (peft), merged into model/ at the end."),
-    out: Optional[str] = typer.Option(None, help="Run folder."),
-    resume: bool = typer.Option(False, help="Continue from the last checkpoint in the run folder (needs --out)."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "--out", help="Run folder."),
+    resume: bool = typer.Option(False, help="Continue from the last checkpoint in the run folder (needs --output-dir)."),
     seed: int = typer.Option(0, help="Seed."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any other GRPORunConfig field: --set beta=0.04, "
                                              "--set 'term_weights={\"overshoot\": 0.5}'."),
@@ -683,7 +683,7 @@ def train_grpo_cmd(
     def run():
         env = _env_settings(dataset, data, split, max_turns, image_size)
         values = {"model": model, "env": env, "prompts": prompts, "max_steps": steps, "num_generations": generations,
-                  "per_device_train_batch_size": generations, "lora": lora, "out_dir": out, "resume": resume,
+                  "per_device_train_batch_size": generations, "lora": lora, "output_dir": output_dir, "resume": resume,
                   "seed": seed}
         config = config_from(GRPORunConfig, values, _parse_sets(set_))
         folder = run_grpo(config)
@@ -694,7 +694,8 @@ def train_grpo_cmd(
 
 @train_app.command("policy")
 def train_policy_cmd(
-    out: str = typer.Option("medagent-runs/policy", help="Recipe folder (rerun the same command to continue)."),
+    output_dir: str = typer.Option("medagent-runs/policy", "--output-dir", "--out",
+                                   help="Recipe folder (rerun the same command to continue)."),
     ship_it: bool = typer.Option(False, "--ship", help="Copy the final policy into medagent/weights/policy-tiny."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any PolicyRecipeConfig field: --set sft_steps=800."),
 ) -> None:
@@ -703,7 +704,7 @@ def train_policy_cmd(
     from medagent.train.policy_recipe import PolicyRecipeConfig, run_recipe, ship
 
     def run():
-        config = config_from(PolicyRecipeConfig, {"out_dir": out}, _parse_sets(set_))
+        config = config_from(PolicyRecipeConfig, {"output_dir": output_dir}, _parse_sets(set_))
         final = run_recipe(config)
         _console().print(f"policy: {final}")
         if ship_it:

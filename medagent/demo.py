@@ -202,12 +202,12 @@ def _policy_section(run: Any, console: Any, quick: bool, seed: int) -> None:
     export_trl(trajectories, run.path / "sft-data", val_fraction=0.0)
     steps = 10 if quick else 40
     start = str(shipped) if shipped is not None else None
-    sft_dir = run_sft(SFTRunConfig(data=str(run.path / "sft-data"), model=start, out_dir=str(run.path / "sft"),
+    sft_dir = run_sft(SFTRunConfig(data=str(run.path / "sft-data"), model=start, output_dir=str(run.path / "sft"),
                                    max_steps=steps, learning_rate=1e-4 if start else 1e-3, num_threads=1, seed=seed,
                                    eval_split=None, per_device_train_batch_size=4))
     losses = [v for v in (json.loads(line).get("loss") for line in (sft_dir / "metrics.jsonl").read_text().splitlines())
               if v is not None]
-    grpo_dir = run_grpo(GRPORunConfig(model=str(sft_dir / "model"), env=settings, prompts=8, out_dir=str(run.path / "grpo"),
+    grpo_dir = run_grpo(GRPORunConfig(model=str(sft_dir / "model"), env=settings, prompts=8, output_dir=str(run.path / "grpo"),
                                       max_steps=2, num_generations=4, per_device_train_batch_size=4,
                                       max_completion_length=512, learning_rate=1e-5, num_threads=1, progress=False))
     rewards = [json.loads(line).get("reward") for line in (grpo_dir / "metrics.jsonl").read_text().splitlines()]

@@ -27,7 +27,7 @@ def toy_policy(tmp_path_factory):
     root = tmp_path_factory.mktemp("policy")
     generate(make_env, root / "traj", GenerateConfig(agent="expert-box", episodes=6, shard_size=6, seed=0))
     export_trl(root / "traj", root / "data", val_fraction=0.0)
-    run = run_sft(SFTRunConfig(data=str(root / "data"), out_dir=str(root / "sft"), max_steps=120, eval_split=None,
+    run = run_sft(SFTRunConfig(data=str(root / "data"), output_dir=str(root / "sft"), max_steps=120, eval_split=None,
                                per_device_train_batch_size=4, learning_rate=3e-3, tiny=TinyVLMConfig(seed=0)))
     return run / "model"
 
@@ -52,7 +52,7 @@ def _logs(run):
 
 
 def test_grpo_runs_two_steps_through_the_adapter(toy_policy, toy_grpo, tmp_path):
-    run = run_grpo(GRPORunConfig(model=str(toy_policy), env=TOY_ENV, prompts=4, out_dir=str(tmp_path / "run"),
+    run = run_grpo(GRPORunConfig(model=str(toy_policy), env=TOY_ENV, prompts=4, output_dir=str(tmp_path / "run"),
                                  max_steps=2, num_generations=2, per_device_train_batch_size=2,
                                  max_completion_length=256, learning_rate=1e-4, progress=False))
     logs = [r for r in _logs(run) if "reward" in r]
@@ -71,7 +71,7 @@ def test_grpo_runs_two_steps_through_the_adapter(toy_policy, toy_grpo, tmp_path)
 
 def test_grpo_resumes_step_exactly_and_lora_merges(toy_policy, toy_grpo, tmp_path):
     out = tmp_path / "run"
-    common = dict(model=str(toy_policy), env=TOY_ENV, prompts=4, out_dir=str(out), num_generations=2,
+    common = dict(model=str(toy_policy), env=TOY_ENV, prompts=4, output_dir=str(out), num_generations=2,
                   per_device_train_batch_size=2, max_completion_length=192, progress=False, lora=True, lora_r=4,
                   lora_alpha=8)
     run_grpo(GRPORunConfig(max_steps=2, save_steps=2, save_model=False, **common))
@@ -125,7 +125,7 @@ def test_sft_grounding_stage_with_lora_resumes(tmp_path):
 
     out = tmp_path / "run"
     common = dict(stage="grounding", grounding=GroundingConfig(datasets=("phantom",), rows=8, image_size=64),
-                  out_dir=str(out), eval_split=None, lora=True, lora_r=4, lora_alpha=8, lora_target_modules=("all",),
+                  output_dir=str(out), eval_split=None, lora=True, lora_r=4, lora_alpha=8, lora_target_modules=("all",),
                   learning_rate=1e-3, per_device_train_batch_size=2)
     run_sft(SFTRunConfig(max_steps=2, save_steps=2, save_model=False, **common))
     run_sft(SFTRunConfig(max_steps=3, save_steps=2, resume=True, **common))

@@ -183,7 +183,7 @@ def test_sft_runs_three_steps_and_the_policy_plays(sft_data, tmp_path):
 
     data = datasets.load_from_disk(str(sft_data))
     datasets.DatasetDict({"train": data["train"], "val": data["train"].select([0])}).save_to_disk(str(tmp_path / "data"))
-    run = run_sft(SFTRunConfig(data=str(tmp_path / "data"), out_dir=str(tmp_path / "run"), max_steps=3, seed=0))
+    run = run_sft(SFTRunConfig(data=str(tmp_path / "data"), output_dir=str(tmp_path / "run"), max_steps=3, seed=0))
     logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in logs if "loss" in r]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
@@ -201,9 +201,9 @@ def test_sft_runs_three_steps_and_the_policy_plays(sft_data, tmp_path):
 
 def test_sft_resumes_from_its_last_checkpoint(sft_data, tmp_path):
     out = tmp_path / "run"
-    run_sft(SFTRunConfig(data=str(sft_data), out_dir=str(out), max_steps=2, save_steps=2, save_model=False))
+    run_sft(SFTRunConfig(data=str(sft_data), output_dir=str(out), max_steps=2, save_steps=2, save_model=False))
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "model").exists()
-    run_sft(SFTRunConfig(data=str(sft_data), out_dir=str(out), max_steps=3, save_steps=2, resume=True))
+    run_sft(SFTRunConfig(data=str(sft_data), output_dir=str(out), max_steps=3, save_steps=2, resume=True))
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]
     assert steps == [1, 2, 3]  # the resumed run did only the missing step
@@ -212,13 +212,13 @@ def test_sft_resumes_from_its_last_checkpoint(sft_data, tmp_path):
 
 def test_run_sft_reports_bad_data(tmp_path, sft_data):
     with pytest.raises(DataError, match="does not exist"):
-        run_sft(SFTRunConfig(data=str(tmp_path / "nothing"), out_dir=str(tmp_path / "r1"), max_steps=1))
+        run_sft(SFTRunConfig(data=str(tmp_path / "nothing"), output_dir=str(tmp_path / "r1"), max_steps=1))
     with pytest.raises(DataError, match="no split"):
-        run_sft(SFTRunConfig(data=str(sft_data), train_split="nope", out_dir=str(tmp_path / "r2"), max_steps=1))
+        run_sft(SFTRunConfig(data=str(sft_data), train_split="nope", output_dir=str(tmp_path / "r2"), max_steps=1))
     with pytest.raises(ConfigError):
         SFTRunConfig(data="")
     with pytest.raises(ConfigError, match="checkpoint"):
-        run_sft(SFTRunConfig(data=str(sft_data), out_dir=str(tmp_path / "r3"), max_steps=1, resume=True))
+        run_sft(SFTRunConfig(data=str(sft_data), output_dir=str(tmp_path / "r3"), max_steps=1, resume=True))
 
 
 class _ScriptedVLM(VLMPolicyAgent):

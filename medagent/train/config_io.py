@@ -8,8 +8,10 @@ The one place that reads a trainer config from outside Python:
     load_config(cls, path)      a config.json written by an earlier run, with renamed fields mapped to their
                                 current names (`RENAMED_FIELDS`, `upgrade_keys`); resume reads saved configs
                                 through `upgrade_keys` too
+    config_from_mapping(cls, d) the same from a dict already read (a YAML recipe: `medagent.train.recipes`)
 The trainers behind `medagent train tool` use TRL's names: `max_steps` for optimisation steps and
-`output_dir` for the run folder. Runs written before the rename say `steps` and `out_dir`.
+`output_dir` for the run folder, and so do the policy's (`SFTRunConfig`, `GRPORunConfig`, `PolicyRecipeConfig`).
+Runs written before the rename say `steps` and `out_dir`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ RENAMED_FIELDS: dict[str, dict[str, str]] = {
     "SamTrainerConfig": {"steps": "max_steps", "out_dir": "output_dir"},
     "CTTASourceConfig": {"steps": "max_steps", "out_dir": "output_dir"},
     "RefinerTrainerConfig": {"steps": "reverse_steps"},
+    "SFTRunConfig": {"out_dir": "output_dir"},
+    "GRPORunConfig": {"out_dir": "output_dir"},
+    "PolicyRecipeConfig": {"out_dir": "output_dir"},
 }
 #: keys a trainer writes into its config.json next to the fields (the refiner's "command")
 _NOT_FIELDS = ("command",)
@@ -60,16 +65,26 @@ def load_config(cls: type, path: str | Path) -> Any:
         raise ConfigError(f"cannot read a {cls.__name__} from {path}: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object of {cls.__name__} fields")
-    values = upgrade_keys(cls, {k: v for k, v in raw.items() if k not in _NOT_FIELDS})
+    return config_from_mapping(cls, {k: v for k, v in raw.items() if k not in _NOT_FIELDS}, str(path))
+
+
+def config_from_mapping(cls: type, raw: dict[str, Any], source: str) -> Any:
+    """The `cls` instance from JSON-like values (a saved config.json, a YAML recipe): old keys renamed, unknown
+    keys refused, lists made tuples where the field (or a nested dataclass's field) is a tuple.
+
+    Raises:
+        ConfigError: an unknown field, or values `cls` refuses; the message starts with `source`.
+    """
+    values = upgrade_keys(cls, raw)
     hints = field_types(cls)
     unknown = sorted(set(values) - set(hints))
     if unknown:
-        raise ConfigError(f"{path}: {cls.__name__} has no field(s) {unknown}")
+        raise ConfigError(f"{source}: {cls.__name__} has no field(s) {unknown}")
     values = {k: _from_json(hints[k], v) for k, v in values.items()}
     try:
         return cls(**values)
     except TypeError as exc:
-        raise ConfigError(f"{path}: {cls.__name__}: {exc}") from exc
+        raise ConfigError(f"{source}: {cls.__name__}: {exc}") from exc
 
 
 def field_types(cls: type) -> dict[str, Any]:
@@ -218,9 +233,15 @@ def _element(hint: Any, item: Any) -> Any:
 
 
 def _from_json(hint: Any, value: Any) -> Any:
-    """A value read from JSON in the field's shape: lists become tuples where the field is a tuple."""
+    """A value read from JSON in the field's shape: lists become tuples where the field is a tuple, also inside
+    a nested dataclass given as an object (which stays a dict: the config's `__post_init__` builds it)."""
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
     if isinstance(value, list):
-        options = typing.get_args(hint) if _is_union(hint) else (hint,)
         if any(typing.get_origin(o) is tuple for o in options):
             return tuple(value)
+    if isinstance(value, dict):
+        nested = next((o for o in options if dataclasses.is_dataclass(o)), None)
+        if nested is not None:
+            hints = field_types(nested)
+            return {k: _from_json(hints[k], v) if k in hints else v for k, v in value.items()}
     return value

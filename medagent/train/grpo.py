@@ -14,7 +14,7 @@ adds that term on top). `max_tool_calling_iterations` is the env's `max_turns`.
 Prompts: a dataset from `medagent.trajectories.prompts.build_prompt_dataset` (one row per case and target,
 all generations of a group on the same image and target), or a saved one (`data`).
 
-Run folder (`out_dir`, default `medagent-runs/grpo-<time>/`): config.json, versions.json, metrics.jsonl
+Run folder (`output_dir`, default `medagent-runs/grpo-<time>/`): config.json, versions.json, metrics.jsonl
 (one line per log: reward, rewards/<fn>/mean, loss, ...), model/ (the final policy, LoRA merged),
 checkpoints/ (with `save_steps`; `resume=True` continues from the last).
 """
@@ -45,7 +45,7 @@ class GRPORunConfig:
         env: `EnvConfig` fields of the training env (dataset, split, image_size, max_turns, reward, ...).
         data: a saved prompt dataset (`datasets.save_to_disk`); None builds one from `env` (`prompts` rows).
         prompts: number of prompt rows built from `env` when `data` is None (None: every target of the split).
-        out_dir: run folder; None makes `medagent-runs/grpo-<YYYYmmdd-HHMMSS>`.
+        output_dir: run folder; None makes `medagent-runs/grpo-<YYYYmmdd-HHMMSS>`.
         max_steps: optimiser steps.
         learning_rate / lr_scheduler_type / warmup_steps / weight_decay: optimiser (transformers names).
         num_generations: G, rollouts per prompt (the group whose rewards are normalised together).
@@ -67,7 +67,7 @@ class GRPORunConfig:
     env: dict[str, Any] = field(default_factory=lambda: {"dataset": "mni-lesion", "image_size": 224})
     data: str | None = None
     prompts: int | None = 256
-    out_dir: str | None = None
+    output_dir: str | None = None
     max_steps: int = 20
     learning_rate: float = 1e-5
     lr_scheduler_type: str = "constant"
@@ -185,7 +185,7 @@ def run_grpo(config: GRPORunConfig) -> Path:
     cfg = config
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    out = Path(cfg.out_dir) if cfg.out_dir else Path("medagent-runs") / f"grpo-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    out = Path(cfg.output_dir) if cfg.output_dir else Path("medagent-runs") / f"grpo-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     if cfg.resume and not any((out / "checkpoints").glob("checkpoint-*")):
         raise ConfigError(f"resume=True but {out / 'checkpoints'} has no checkpoint")
     env_config = EnvConfig(**cfg.env)  # checks the env settings before anything is built

@@ -3,11 +3,11 @@
     medagent train policy --out medagent-runs/policy        # resumable: rerun the same command after a stop
     medagent train policy --out medagent-runs/policy --ship # and copy the result into medagent/weights/policy-tiny
 
-Every stage writes into `out_dir` and is skipped when its output is complete, so an interrupted recipe continues
+Every stage writes into `output_dir` and is skipped when its output is complete, so an interrupted recipe continues
 where it stopped (trajectory shards and trainer checkpoints are step-exact). Every stop step is a field of
 `PolicyRecipeConfig`, so the model card's command reproduces the shipped policy step for step.
 
-Stages (`out_dir/...`):
+Stages (`output_dir/...`):
     traj/<dataset>-<seed>/   teacher trajectories (`RankedRegionsAgent` by default) on the training split of each dataset,
                              procedural datasets drawn with several dataset seeds (new lesions per seed)
     sft-data/<...>/          their TRL export (one example per episode)
@@ -35,7 +35,7 @@ class PolicyRecipeConfig:
     """Every setting of the recipe (module docstring); the defaults are the shipped policy's.
 
     Attributes:
-        out_dir: recipe folder.
+        output_dir: recipe folder.
         datasets: builtin datasets the trajectories come from (training splits).
         procedural_seeds: dataset seeds for procedural datasets (`medagent.trajectories.prompts.PROCEDURAL`).
         episodes: expert episodes per (dataset, dataset seed).
@@ -52,7 +52,7 @@ class PolicyRecipeConfig:
         num_threads: torch threads of the trainers.
     """
 
-    out_dir: str = "medagent-runs/policy"
+    output_dir: str = "medagent-runs/policy"
     datasets: tuple[str, ...] = ("mni-lesion", "nuclei", "ct-phantom")
     procedural_seeds: tuple[int, ...] = tuple(range(12))
     episodes: int = 150
@@ -113,7 +113,7 @@ def run_recipe(config: PolicyRecipeConfig) -> Path:
     from medagent.trajectories.prompts import GroundingConfig
 
     cfg = config
-    out = Path(cfg.out_dir)
+    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     timings_path = out / "timings.json"
@@ -142,7 +142,7 @@ def run_recipe(config: PolicyRecipeConfig) -> Path:
         resume = any((run / "checkpoints").glob("checkpoint-*"))
         grounding = GroundingConfig(datasets=cfg.datasets, rows=cfg.grounding_rows, dataset_seeds=cfg.procedural_seeds,
                                     image_size=cfg.image_size, seed=cfg.seed)
-        run_config = SFTRunConfig(data=data, stage=stage, grounding=grounding, model=model, tiny=tiny, out_dir=str(run),
+        run_config = SFTRunConfig(data=data, stage=stage, grounding=grounding, model=model, tiny=tiny, output_dir=str(run),
                                   max_steps=steps, learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=min(50, steps // 10),
                                   per_device_train_batch_size=cfg.batch_size, eval_split=None, save_steps=100,
                                   resume=resume, num_threads=cfg.num_threads, seed=cfg.seed, progress=True,
@@ -156,7 +156,7 @@ def run_recipe(config: PolicyRecipeConfig) -> Path:
     if not (rl / "model" / "config.json").exists():
         resume = any((rl / "checkpoints").glob("checkpoint-*"))
         grpo = GRPORunConfig(model=str(tuned / "model"), env=cfg.env(cfg.grpo_dataset, split="train"),
-                             prompts=cfg.grpo_prompts, out_dir=str(rl), max_steps=cfg.grpo_steps, learning_rate=cfg.grpo_lr,
+                             prompts=cfg.grpo_prompts, output_dir=str(rl), max_steps=cfg.grpo_steps, learning_rate=cfg.grpo_lr,
                              num_generations=cfg.num_generations, per_device_train_batch_size=cfg.grpo_batch_size,
                              max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=cfg.beta,
                              save_steps=10, resume=resume, num_threads=cfg.num_threads, seed=cfg.seed, logging_steps=1)
@@ -185,7 +185,7 @@ def ship(config: PolicyRecipeConfig, evaluate: Any, name: str = "policy-tiny", v
     from medagent.agents.vlm import load_vlm, save_vlm
     from medagent.weights import WEIGHTS_DIR, record_weights
 
-    out = Path(config.out_dir)
+    out = Path(config.output_dir)
     model, processor = load_vlm(out / "grpo" / "model")
     dest = WEIGHTS_DIR / name
     if dest.exists():
@@ -202,7 +202,7 @@ def ship(config: PolicyRecipeConfig, evaluate: Any, name: str = "policy-tiny", v
                       for r in evaluation)
     params = sum(p.numel() for p in model.parameters())
     defaults = dataclasses.asdict(PolicyRecipeConfig())
-    changed = {k: v for k, v in dataclasses.asdict(config).items() if k != "out_dir" and v != defaults[k]}
+    changed = {k: v for k, v in dataclasses.asdict(config).items() if k != "output_dir" and v != defaults[k]}
     flags = " ".join(f"--set {k}={json.dumps(v)}" for k, v in changed.items())
     (dest / "README.md").write_text(MODEL_CARD.format(
         version=version, params=params, expert=config.expert, command=f"medagent train policy --out DIR {flags}".strip(),

@@ -13,7 +13,7 @@ image placeholders only in system/user/assistant turns, while the conversation c
 through the template's tools block and an image in each tool turn. It renders exactly what the policy sees at
 inference and in GRPO (a test holds the token ids equal).
 
-Run folder (`out_dir`, default `medagent-runs/sft-<time>/`):
+Run folder (`output_dir`, default `medagent-runs/sft-<time>/`):
     config.json     this config;  versions.json  package versions, git SHA, seed
     metrics.jsonl   one line per trainer log (loss, grad_norm, learning_rate, step, epoch)
     model/          the fine-tuned model + processor (load with `medagent.agents.vlm.load_vlm`)
@@ -52,7 +52,7 @@ class SFTRunConfig:
         model: a saved VLM folder (`save_tiny_vlm`, an earlier run's `model/`, or a Hugging Face model saved
             locally); None builds the tiny Qwen3-VL from `tiny`.
         tiny: shape of the tiny VLM when `model` is None.
-        out_dir: run folder; None makes `medagent-runs/sft-<YYYYmmdd-HHMMSS>`.
+        output_dir: run folder; None makes `medagent-runs/sft-<YYYYmmdd-HHMMSS>`.
         train_split / eval_split: splits of a DatasetDict; eval runs at the end when `eval_split` has rows.
         max_steps: optimiser steps (> 0), or -1 for `num_train_epochs` epochs.
         num_train_epochs: epochs when max_steps is -1.
@@ -67,8 +67,8 @@ class SFTRunConfig:
         gradient_checkpointing: on GPUs only (ignored on the CPU).
         logging_steps: log every this many steps (to metrics.jsonl).
         save_steps: write a trainer checkpoint every this many steps (None: only the final model).
-        resume: continue from the last checkpoint in `out_dir/checkpoints`.
-        save_model: save the final model + processor into `out_dir/model`.
+        resume: continue from the last checkpoint in `output_dir/checkpoints`.
+        save_model: save the final model + processor into `output_dir/model`.
         report_to: "none", "tensorboard" or "wandb".
         num_threads: torch CPU threads (None leaves torch's setting).
         seed: seed of data order and initialisation.
@@ -85,7 +85,7 @@ class SFTRunConfig:
     lora_target_modules: tuple[str, ...] | None = None
     model: str | None = None
     tiny: TinyVLMConfig = field(default_factory=TinyVLMConfig)
-    out_dir: str | None = None
+    output_dir: str | None = None
     train_split: str = "train"
     eval_split: str | None = "val"
     max_steps: int = -1
@@ -290,7 +290,7 @@ def run_sft(config: SFTRunConfig) -> Path:
     cfg = config
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    out = Path(cfg.out_dir) if cfg.out_dir else Path("medagent-runs") / f"sft-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    out = Path(cfg.output_dir) if cfg.output_dir else Path("medagent-runs") / f"sft-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     if cfg.resume and not any((out / "checkpoints").glob("checkpoint-*")):
         raise ConfigError(f"resume=True but {out / 'checkpoints'} has no checkpoint")
     out.mkdir(parents=True, exist_ok=True)
