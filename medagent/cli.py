@@ -160,7 +160,7 @@ def tool_run(
     out: Path = typer.Option(Path("mask.nii.gz"), help="Mask to write, on the input grid (.nii.gz, .nrrd, .mha, .png, .npy)."),
     overlay: Optional[Path] = typer.Option(None, help="Also write an overlay PNG of the prediction."),
     checkpoint: Optional[str] = typer.Option(None, help="Checkpoint folder or file, or a Hub id hf://owner/name[@revision], instead of the shipped weights."),
-    checkpoint_type: Optional[str] = typer.Option(None, help="sam: preprocessing of an official .pth: sam or medsam (default: from the file name)."),
+    checkpoint_type: Optional[str] = typer.Option(None, help="Preprocessing of an official checkpoint: sam or medsam for sam's .pth, sam2 or medsam2 for sam2's .pt (default: from the file name)."),
     box: Optional[Tuple[int, int, int, int]] = typer.Option(None, help="Box X0 Y0 X1 Y1 in pixels (x = column), for promptable tools."),
     modality: Optional[str] = typer.Option(None, help="Modality when metadata does not say."),
     axis: Optional[int] = typer.Option(None, help="For 3D input to a 2D tool: slice axis (default: coarsest spacing)."),
@@ -336,6 +336,8 @@ def env_play(
     max_turns: int = typer.Option(5, help="Turns before truncation."),
     image_size: int = typer.Option(512, help="Side of the image the policy sees, pixels."),
     seed: int = typer.Option(0, help="Seed."),
+    prompt_tool: str = typer.Option("sam", help="Promptable tool behind add_bbox / add_point (see `medagent tool list`), e.g. sam2 with --prompt-checkpoint."),
+    prompt_checkpoint: Optional[str] = typer.Option(None, help="Checkpoint of --prompt-tool (sam2: a SAM 2.1 or MedSAM2 .pt; sam: an official .pth), instead of its shipped weights."),
 ) -> None:
     """Play episodes with an agent; print per-episode Dice, turns and rewards."""
     from rich.table import Table
@@ -346,8 +348,13 @@ def env_play(
         agent_kwargs = {"model": model} if agent == "vlm" else {}
         if agent == "vlm" and model is None:
             _fail("--agent vlm needs --model FOLDER (a saved policy, e.g. an SFT run's model/ folder)")
-        rows = play(_env_settings(dataset, data, split, max_turns, image_size), agent=agent, episodes=episodes,
-                    out=out, seed=seed, agent_kwargs=agent_kwargs)
+        settings = _env_settings(dataset, data, split, max_turns, image_size)
+        if prompt_tool != "sam" or prompt_checkpoint is not None:
+            from medagent.tools import load_tool
+
+            # built here, so a missing or bad checkpoint is one error line instead of failed calls in every episode
+            settings.update(prompt_tool=prompt_tool, tools={prompt_tool: load_tool(prompt_tool, checkpoint=prompt_checkpoint)})
+        rows = play(settings, agent=agent, episodes=episodes, out=out, seed=seed, agent_kwargs=agent_kwargs)
         table = Table(title=f"{agent} on {dataset or data or 'the default dataset'} ({split})")
         for col in ("episode", "case", "Dice", "IoU", "turns", "episode score", "sum of rewards", "actions"):
             table.add_column(col, overflow="fold")

@@ -42,6 +42,12 @@ BUILTIN_TOOLS: tuple[ToolSpec, ...] = (
         module="medagent.tools.sam.tool",
         weights="sam-tiny",
     ),
+    ToolSpec(
+        name="sam2",
+        kind=ToolKind.PROMPTABLE,
+        summary="SAM 2.1 / MedSAM2 (Meta's sam2 package: pip install 'medagent[sam2]'): the sam tool's prompts, sessions and embedding cache; no shipped weights: checkpoint=PATH to a sam2.1_hiera_*.pt or MedSAM2 .pt.",
+        module="medagent.tools.sam2.tool",
+    ),
 
     # -- few-shot (medagent.tools.cps; SAM from the shipped tiny weights or checkpoint=PATH) --
     ToolSpec(

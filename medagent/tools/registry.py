@@ -161,7 +161,7 @@ PER_DATASET_KINDS = (ToolKind.AUTOMATIC, ToolKind.ADAPTIVE)
 
 def load_tool(name: str, checkpoint: str | None = None, **config: Any) -> Tool:
     """Build tool `name` with its shipped weights, or from `checkpoint` when given: a local checkpoint folder
-    (or a file in it; `sam` also takes an official `.pth`) or a
+    (or a file in it; `sam` also takes an official `.pth`, `sam2` an official SAM 2 / 2.1 or MedSAM2 `.pt`) or a
     Hugging Face Hub id `hf://owner/name[@revision]` (`medagent.tools.checkpoint`).
 
     `dataset=` selects per-dataset weights for automatic and adaptive tools; other tools ignore it, so

@@ -1,0 +1,231 @@
+"""The promptable `sam2` tool (SAM 2 / SAM 2.1 / MedSAM2 on Meta's `sam2` package) and its `Sam2Session`.
+
+    from medagent.tools import load_tool
+    sam2 = load_tool("sam2", checkpoint="sam2.1_hiera_tiny.pt")   # official SAM 2.1 (architecture from the weights)
+    sam2 = load_tool("sam2", checkpoint="MedSAM2_latest.pt")      # MedSAM2: "medsam2" in the file name -> 512 px preset
+    sam2 = load_tool("sam2", checkpoint="weights.pt", checkpoint_type="medsam2")  # ... or said explicitly
+    pred = sam2.predict(case, boxes=[x0, y0, x1, y1], points=[[x, y]], point_labels=[1])
+    pred2 = sam2.predict(case, boxes=box, points=[[x, y], [x2, y2]], point_labels=[1, 0], mask_logits=pred.logits)
+
+The same prompt contract as the `sam` tool (`medagent.tools.sam.tool`: pixels of the image as the `Case` holds
+it, inclusive boxes, several boxes in one decoder call, the same validation and errors), the same `Prediction`
+(mask, probabilities (2, H, W), logits (N, L, L) with L = S / 4: 256 at 1024 px, 128 for MedSAM2's 512 px;
+score = mean predicted IoU; extras masks / scores / boxes / cache_hit / timings_ms / checkpoint /
+preprocessing), and the same session (`Sam2Session` is `SamSession`: box, every click so far and the previous
+low-res logits at every prompt). No weights are shipped: a checkpoint is required.
+
+Checkpoints: an official SAM 2 / 2.1 or MedSAM2 `.pt` (a dict with a "model" state dict) read with
+`torch.load(weights_only=True)`, or a folder written by `save_pretrained` (config.json with the architecture
+and preprocessing, model.safetensors; local or a Hub id `hf://owner/name[@revision]`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from medagent.data.case import Case
+from medagent.data.intensity import IntensityConfig
+from medagent.errors import CheckpointError, ConfigError, ToolError, ToolUnavailable
+from medagent.tools.base import Prediction, Tool, ToolKind, require_2d
+from medagent.tools.checkpoint import (FOLDER_FILE_SUFFIXES, PICKLE_SUFFIXES, is_hub_id, load_state_strict,
+                                       read_config, read_weights, resolve_checkpoint, write_checkpoint)
+from medagent.tools.sam.predictor import EmbeddingCache
+from medagent.tools.sam.preprocess import Preprocessing, mask_to_low_res_logits
+from medagent.tools.sam.tool import SamSession, validate_prompts
+from medagent.tools.sam2.model import (INSTALL_HINT, SAM2_CONFIGS, SAM2_PRESETS, build_sam2_model, load_sam2_official,
+                                       preset, require_sam2)
+from medagent.tools.sam2.predictor import Sam2PredictorCached
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "medagent-sam2"
+NO_CHECKPOINT = (
+    "tool 'sam2' ships no weights: pass a SAM 2.1 or MedSAM2 checkpoint, e.g. checkpoint='sam2.1_hiera_tiny.pt' "
+    "(Meta's SAM 2.1 release) or checkpoint='MedSAM2_latest.pt' (bowang-lab/MedSAM2), or a folder saved by "
+    f"Sam2Tool.save_pretrained (CLI: --checkpoint FILE); it also needs {INSTALL_HINT}"
+)
+
+
+@dataclass
+class Sam2Config:
+    """Runtime options of the `sam2` tool (the architecture and preprocessing come with the checkpoint).
+
+    Attributes:
+        checkpoint_type: "auto" (folder -> its config; .pt -> MedSAM2 when the file name contains "medsam2",
+            SAM 2 otherwise), "sam2" (1024 px) or "medsam2" (512 px), for .pt files.
+        config: the architecture of a .pt file, one of `SAM2_CONFIGS` ("sam2.1_hiera_t", ...); None detects it
+            from the weights.
+        image_size: input side S for a .pt fine-tuned at another size (a multiple of 32); None: the preset's.
+        device: torch device.
+        cache_entries: most image embeddings kept in the LRU cache (0 disables it).
+        cache_max_mb: most megabytes of embeddings kept (16 MiB each at 1024 px).
+        mask_threshold: logit threshold for the binary mask.
+        ct_window: CT window name or (level, width) in HU for the intensity module.
+        mask_logit_scale: magnitude of the logits made from a binary mask by `Sam2Session.set_mask`.
+    """
+
+    checkpoint_type: str = "auto"
+    config: str | None = None
+    image_size: int | None = None
+    device: str = "cpu"
+    cache_entries: int = 32
+    cache_max_mb: float = 1024.0
+    mask_threshold: float = 0.0
+    ct_window: str | tuple[float, float] = "soft_tissue"
+    mask_logit_scale: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_type not in ("auto", *SAM2_PRESETS):
+            raise ConfigError(f"checkpoint_type must be 'auto', 'sam2' or 'medsam2', got {self.checkpoint_type!r}")
+        if self.config is not None and self.config not in SAM2_CONFIGS:
+            raise ConfigError(f"config must be one of {sorted(SAM2_CONFIGS)} or None, got {self.config!r}")
+
+
+class Sam2Tool(Tool):
+    """Promptable SAM 2 / 2.1 / MedSAM2 with an embedding cache. See the module docstring."""
+
+    name: ClassVar[str] = "sam2"
+    kind: ClassVar[ToolKind] = ToolKind.PROMPTABLE
+    inputs: ClassVar[frozenset[str]] = frozenset({"boxes", "points", "point_labels", "mask_logits", "multimask"})
+
+    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, config_name: str,
+                 config: Sam2Config | None = None, source: str = "") -> None:
+        self.config = config or Sam2Config()
+        self.config_name = config_name
+        self.source = source
+        cache = EmbeddingCache(self.config.cache_entries, int(self.config.cache_max_mb * 2**20))
+        intensity = IntensityConfig(ct_window=self.config.ct_window)
+        self.predictor = Sam2PredictorCached(model, preprocessing, cache, intensity, self.config.device)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.predictor.model
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.predictor.preprocessing
+
+    @property
+    def cache(self) -> EmbeddingCache:
+        return self.predictor.cache
+
+    @property
+    def low_res_size(self) -> int:
+        """Side L of `Prediction.logits` maps and of the mask input."""
+        return self.predictor.low_res_size
+
+    def clear_cache(self) -> None:
+        """Drop every cached embedding (needed after changing the model's weights in place)."""
+        self.cache.clear()
+
+    def mask_to_logits(self, mask: np.ndarray) -> np.ndarray:
+        """A binary (H, W) mask on the case grid -> (1, L, L) logits for `mask_logits`."""
+        return mask_to_low_res_logits(mask, self.preprocessing, self.low_res_size, self.config.mask_logit_scale)
+
+    def session(self, case: Case, use_previous_logits: bool = True) -> "Sam2Session":
+        return Sam2Session(self, case, use_previous_logits)
+
+    def predict_2d(self, case: Case, boxes: Any = None, points: Any = None, point_labels: Any = None,
+                   mask_logits: Any = None, multimask: bool = False) -> Prediction:
+        """Segment a 2D case from prompts; the same inputs and outputs as `SamTool.predict_2d`."""
+        require_2d(case, self.name)
+        if boxes is None and points is None and mask_logits is None:
+            raise ToolError("sam2 needs at least one prompt: boxes, points or mask_logits")
+        prompts = validate_prompts(case.shape, boxes, points, point_labels, mask_logits, self.low_res_size)
+        t0 = time.perf_counter()
+        emb, hit = self.predictor.embed(case.image, case.modality)
+        t1 = time.perf_counter()
+        full, scores, low = self.predictor.predict(emb, multimask=bool(multimask), **prompts)
+        t2 = time.perf_counter()
+        best = torch.argmax(scores, dim=1)
+        idx = torch.arange(full.shape[0])
+        sel_full, sel_low, sel_scores = full[idx, best], low[idx, best], scores[idx, best]
+        masks = (sel_full > self.config.mask_threshold).numpy().astype(np.uint8)
+        prob = torch.sigmoid(sel_full).amax(dim=0).numpy().astype(np.float32)
+        extras: dict[str, Any] = {
+            "masks": masks,
+            "scores": sel_scores.numpy().astype(np.float32),
+            "boxes": prompts["boxes"],
+            "cache_hit": hit,
+            "timings_ms": {"encode": 1e3 * (t1 - t0), "decode": 1e3 * (t2 - t1)},
+            "checkpoint": self.source,
+            "config": self.config_name,
+            "preprocessing": self.preprocessing.name,
+        }
+        if multimask:
+            extras["multimask_masks"] = (full > self.config.mask_threshold).numpy().astype(np.uint8)
+            extras["multimask_scores"] = scores.numpy().astype(np.float32)
+        return Prediction(mask=masks.max(axis=0), probabilities=np.stack([1.0 - prob, prob]),
+                          logits=sel_low.numpy().astype(np.float32), score=float(sel_scores.mean()), extras=extras)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, dtype: str = "float32") -> Path:
+        """Write config.json (architecture, preprocessing) and model.safetensors (weights in `dtype`)."""
+        if dtype not in ("float32", "float16"):
+            raise ConfigError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        meta = {"format": FORMAT, "version": 1, "config": self.config_name,
+                "preprocessing": self.preprocessing.to_dict(), "dtype": dtype}
+        return write_checkpoint(directory, meta, self.model.state_dict(), config_name=CONFIG_NAME,
+                                weights_name=WEIGHTS_NAME, dtype=getattr(torch, dtype), metadata={"format": FORMAT})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides: Any) -> "Sam2Tool":
+        """Load a folder written by `save_pretrained` (or its model.safetensors, or a Hub id
+        `hf://owner/name[@revision]`); `overrides` are `Sam2Config` runtime fields."""
+        folder = resolve_checkpoint(directory, needs=(CONFIG_NAME, WEIGHTS_NAME), kind="medagent SAM 2")
+        cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        meta = read_config(cfg_path, kind="medagent SAM 2", expect={"format": FORMAT})
+        try:
+            name = meta["config"]
+            pre = Preprocessing.from_dict(meta["preprocessing"])
+            if name not in SAM2_CONFIGS:
+                raise ConfigError(f"unknown SAM 2 config {name!r}")
+        except (KeyError, ConfigError, TypeError) as exc:
+            raise CheckpointError(f"{cfg_path}: bad architecture or preprocessing entry: {exc}") from exc
+        model = build_sam2_model(name, pre.image_size)
+        load_state_strict(model, read_weights(w_path), w_path, what=f"the SAM 2 architecture {name!r}")
+        config = Sam2Config(**overrides)
+        source = str(directory) if is_hub_id(directory) else str(folder)
+        return cls(model, pre, name, config, source=source)
+
+    @classmethod
+    def from_official(cls, path: str | Path, **overrides: Any) -> "Sam2Tool":
+        """Load an official SAM 2 / 2.1 or MedSAM2 `.pt` (see `Sam2Config.checkpoint_type` / `config` / `image_size`)."""
+        config = Sam2Config(**overrides)
+        path = Path(path)
+        kind = config.checkpoint_type
+        if kind == "auto":
+            kind = "medsam2" if "medsam2" in path.name.lower() else "sam2"
+        pre = preset(kind, config.image_size)
+        model, name = load_sam2_official(path, config.config, pre.image_size)
+        return cls(model, pre, name, config, source=str(path))
+
+
+class Sam2Session(SamSession):
+    """One interactive episode on one 2D case: the `SamSession` contract (box, every click so far and the
+    previous logits at every prompt; `set_mask`, `undo`, `reset`) on the `sam2` tool."""
+
+    def __init__(self, tool: Sam2Tool, case: Case, use_previous_logits: bool = True) -> None:
+        require_2d(case, "sam2")
+        super().__init__(tool, case, use_previous_logits)  # type: ignore[arg-type]
+
+
+def build(checkpoint: str | Path | None = None, **config: Any) -> Sam2Tool:
+    """Registry builder: an official SAM 2 / 2.1 / MedSAM2 `.pt` (`Sam2Tool.from_official`) or a saved folder
+    (or its model.safetensors, or a Hub id). There are no shipped weights: no checkpoint is ToolUnavailable."""
+    if checkpoint is None:
+        raise ToolUnavailable(NO_CHECKPOINT)
+    require_sam2()
+    if not is_hub_id(checkpoint):
+        path = Path(checkpoint)
+        suffix = path.suffix.lower()
+        if suffix in PICKLE_SUFFIXES or (path.is_file() and suffix not in FOLDER_FILE_SUFFIXES):
+            # the one explicit importer of pickled weights: torch.load(weights_only=True) + a strict key/shape check
+            return Sam2Tool.from_official(path, **config)
+    return Sam2Tool.from_pretrained(checkpoint, **config)
