@@ -787,6 +787,40 @@ def eval_ctta(
     _run_guarded(run)
 
 
+@eval_app.command("compare")
+def eval_compare(
+    run_a: Path = typer.Argument(..., help="The first run folder (or its results.json): the reference."),
+    run_b: Path = typer.Argument(..., help="The second run folder (or its results.json); differences are B - A."),
+    metrics: Optional[str] = typer.Option(None, help="Comma-separated metrics (default: dice, iou, nsd, hd95, assd, "
+                                                     "episode_score, turns, those both runs have)."),
+    method_a: Optional[str] = typer.Option(None, help="Method of run A to compare, when the runs' method names do not pair."),
+    method_b: Optional[str] = typer.Option(None, help="Method of run B to compare."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison rows as JSON here."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+) -> None:
+    """Paired per-case differences of two runs (B - A) on the cases both hold, with 95% bootstrap intervals."""
+    from rich.table import Table
+
+    from medagent.eval.compare import compare_runs
+
+    def run():
+        names = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
+        df = compare_runs(run_a, run_b, metrics=names, method_a=method_a, method_b=method_b, seed=seed)
+        table = Table(title=f"{run_b} - {run_a} (paired cases, 95% bootstrap over subjects)")
+        for column in ("A", "B", "dataset", "metric", "n", "mean A", "mean B", "B - A [95% CI]"):
+            table.add_column(column, justify="right" if column in ("n", "mean A", "mean B") else "left")
+        for r in df.itertuples():
+            cell = "-" if r.diff is None else f"{r.diff:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]"
+            table.add_row(r.method_a, r.method_b, r.dataset, r.metric, str(r.n),
+                          "-" if r.mean_a is None else f"{r.mean_a:.3f}", "-" if r.mean_b is None else f"{r.mean_b:.3f}", cell)
+        _console().print(table)
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(df.to_json(orient="records", indent=2))
+
+    _run_guarded(run)
+
+
 # ---------------------------------------------------------------------------------------------- demo
 @app.command("demo")
 def demo(
