@@ -635,8 +635,18 @@ def _parse_sets(items: Optional[List[str]]) -> dict:
 
 @train_app.command("sft")
 def train_sft_cmd(
+def _given(ctx: typer.Context, names: Tuple[str, ...]) -> set:
+    """The parameters among `names` given on the command line (not left at their defaults)."""
+    from click.core import ParameterSource
+
+    return {n for n in names if ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)}
+
+
     data: Optional[List[str]] = typer.Option(None, help="TRL export folder(s) from `medagent trajectories export` "
                                              "(repeat for several; optional with --stage grounding)."),
+    ctx: typer.Context,
+    recipe: Optional[Path] = typer.Option(None, help="A YAML recipe (configs/sft/...): its fields first, then the "
+                                          "flags given here, then --set."),
     stage: str = typer.Option("trajectories", help="trajectories (multi-turn episodes) or grounding (image + "
                               "instruction -> one add_bbox with the target's box, drawn from the builtin train splits)."),
     model: Optional[str] = typer.Option(None, help="A local VLM folder (e.g. Qwen3-VL, or an earlier stage's model/); "
@@ -648,7 +658,10 @@ def train_sft_cmd(
     seed: int = typer.Option(0, help="Seed."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any other SFTRunConfig field: --set learning_rate=1e-4."),
 ) -> None:
-    """Supervised fine-tuning of the policy (TRL SFTTrainer, assistant-only loss, tools through the chat template)."""
+    """Supervised fine-tuning of the policy (TRL SFTTrainer, assistant-only loss, tools through the chat template).
+
+    Several processes or GPUs: `accelerate launch [--config_file configs/accelerate/...] -m medagent.train.sft
+    --recipe FILE` (README, GPU section)."""
     from medagent.train.launch import config_from
     from medagent.train.sft import SFTRunConfig, run_sft
 
@@ -657,7 +670,14 @@ def train_sft_cmd(
                   "lora": lora, "resume": resume, "progress": True}
         if steps is not None:
             values["max_steps"] = steps
-        config = config_from(SFTRunConfig, values, _parse_sets(set_))
+        if recipe is not None:
+            from medagent.train.recipes import load_recipe
+
+            given = _given(ctx, ("data", "stage", "model", "steps", "lora", "output_dir", "resume", "seed"))
+            values = {k: v for k, v in values.items() if k in given or k == "progress" or (k == "max_steps" and "steps" in given)}
+            config = load_recipe(recipe, values, _parse_sets(set_), trainer="sft")
+        else:
+            config = config_from(SFTRunConfig, values, _parse_sets(set_))
         folder = run_sft(config)
         _console().print(f"SFT run folder: {folder} (policy in {folder / 'model'})")
 
@@ -668,12 +688,17 @@ def train_sft_cmd(
 def train_grpo_cmd(
     model: Optional[str] = typer.Option(None, help="The policy to start from (an SFT run's model/ folder, or a local "
                                         "Qwen3-VL); default: the tiny random VLM (for smoke tests only)."),
+    ctx: typer.Context,
+    recipe: Optional[Path] = typer.Option(None, help="A YAML recipe (configs/grpo/...): its fields first, then the "
+                                          "flags given here (--dataset, --data, --split, --image-size, --max-turns "
+                                          "change those keys of its env; --generations sets num_generations only), "
+                                          "then --set."),
     dataset: str = typer.Option("mni-lesion", help="Builtin dataset of the training env."),
     data: Optional[Path] = typer.Option(None, help="A dataset folder instead of --dataset."),
     split: str = typer.Option("train", help="Split the prompts come from."),
     prompts: Optional[int] = typer.Option(256, help="Prompt rows (case, target) drawn from the split."),
     steps: int = typer.Option(20, help="Optimisation steps."),
-    generations: int = typer.Option(4, help="Rollouts per prompt (the GRPO group)."),
+    generations: int = typer.Option(4, help="Rollouts per prompt (the GRPO group; also the per-device batch)."),
     image_size: int = typer.Option(224, help="Policy image side, pixels."),
     max_turns: int = typer.Option(5, help="Env turns (= TRL's max_tool_calling_iterations)."),
     lora: bool = typer.Option(False, help="Train LoRA adapters (peft), merged into model/ at the end."),
@@ -683,16 +708,44 @@ def train_grpo_cmd(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any other GRPORunConfig field: --set beta=0.04, "
                                              "--set 'term_weights={\"overshoot\": 0.5}'."),
 ) -> None:
-    """RLVR in the environment: TRL GRPOTrainer, rollouts through the env's TRL adapter, verifiable rewards."""
+    """RLVR in the environment: TRL GRPOTrainer, rollouts through the env's TRL adapter, verifiable rewards.
+
+    Several processes or GPUs, vLLM rollouts: `accelerate launch [--config_file configs/accelerate/...] -m
+    medagent.train.grpo --recipe FILE` (README, GPU section)."""
     from medagent.train.grpo import GRPORunConfig, run_grpo
     from medagent.train.launch import config_from
 
     def run():
-        env = _env_settings(dataset, data, split, max_turns, image_size)
-        values = {"model": model, "env": env, "prompts": prompts, "max_steps": steps, "num_generations": generations,
-                  "per_device_train_batch_size": generations, "lora": lora, "output_dir": output_dir, "resume": resume,
-                  "seed": seed}
-        config = config_from(GRPORunConfig, values, _parse_sets(set_))
+        if recipe is not None:
+            from medagent.train.recipes import load_recipe, read_recipe
+
+            given = _given(ctx, ("model", "dataset", "data", "split", "prompts", "steps", "generations", "image_size",
+                                 "max_turns", "lora", "output_dir", "resume", "seed"))
+            if "dataset" in given and "data" in given:
+                _fail("give at most one of --dataset NAME or --data DIR")
+            env = dict(read_recipe(recipe).get("env") or {})
+            for flag, key, value in (("split", "split", split), ("image_size", "image_size", image_size),
+                                     ("max_turns", "max_turns", max_turns)):
+                if flag in given:
+                    env[key] = value
+            if "dataset" in given:
+                env.pop("data_dir", None)
+                env["dataset"] = dataset
+            if "data" in given:
+                env.pop("dataset", None)
+                env["data_dir"] = str(data)
+            named = {"model": model, "prompts": prompts, "max_steps": steps, "num_generations": generations,
+                     "lora": lora, "output_dir": output_dir, "resume": resume, "seed": seed}
+            flags = {"max_steps": "steps", "num_generations": "generations"}
+            values = {k: v for k, v in named.items() if flags.get(k, k) in given}
+            values["env"] = env
+            config = load_recipe(recipe, values, _parse_sets(set_), trainer="grpo")
+        else:
+            env = _env_settings(dataset, data, split, max_turns, image_size)
+            values = {"model": model, "env": env, "prompts": prompts, "max_steps": steps, "num_generations": generations,
+                      "per_device_train_batch_size": generations, "lora": lora, "output_dir": output_dir,
+                      "resume": resume, "seed": seed}
+            config = config_from(GRPORunConfig, values, _parse_sets(set_))
         folder = run_grpo(config)
         _console().print(f"GRPO run folder: {folder} (policy in {folder / 'model'})")
 

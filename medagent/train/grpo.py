@@ -14,6 +14,10 @@ adds that term on top). `max_tool_calling_iterations` is the env's `max_turns`.
 Prompts: a dataset from `medagent.trajectories.prompts.build_prompt_dataset` (one row per case and target,
 all generations of a group on the same image and target), or a saved one (`data`).
 
+Several processes: `accelerate launch [--config_file configs/accelerate/...] -m medagent.train.grpo --recipe FILE`
+(`python -m medagent.train.grpo --help`); TRL gives each process its own prompts of the generation batch, the
+main process alone writes the run folder. Rollouts with vLLM: `use_vllm`, `vllm_mode` ("colocate" or "server").
+
 Run folder (`output_dir`, default `medagent-runs/grpo-<time>/`): config.json, versions.json, metrics.jsonl
 (one line per log: reward, rewards/<fn>/mean, loss, ...), model/ (the final policy, LoRA merged),
 checkpoints/ (with `save_steps`; `resume=True` continues from the last).
@@ -47,7 +51,8 @@ class GRPORunConfig:
         prompts: number of prompt rows built from `env` when `data` is None (None: every target of the split).
         output_dir: run folder; None makes `medagent-runs/grpo-<YYYYmmdd-HHMMSS>`.
         max_steps: optimiser steps.
-        learning_rate / lr_scheduler_type / warmup_steps / weight_decay: optimiser (transformers names).
+        learning_rate / lr_scheduler_type / warmup_steps / weight_decay: optimiser (transformers names;
+            warmup_steps below 1 is a fraction of the steps).
         num_generations: G, rollouts per prompt (the group whose rewards are normalised together).
         per_device_train_batch_size / gradient_accumulation_steps: rollouts per step = their product (x devices);
             must be a multiple of num_generations.
@@ -60,7 +65,18 @@ class GRPORunConfig:
         lora: train LoRA adapters (peft) instead of all weights; merged into `model/` at the end.
         lora_r / lora_alpha / lora_dropout / lora_target_modules: LoRA settings (see `medagent.train.lora`).
         device: "auto", "cpu" or "cuda" (CPU: use_cpu=True, bf16=False).
+        bf16: bf16 mixed precision; None: on CUDA when the GPU supports it (True on a CPU is an error).
+        gradient_checkpointing: on GPUs only (ignored on the CPU).
+        use_vllm: generate rollouts with vLLM (TRL's `use_vllm`; needs the `[vllm]` environment, README).
+        vllm_mode: "colocate" (vLLM inside every training process, sharing its GPU) or "server" (a separate
+            `trl vllm-serve` process on GPUs of its own; TRL's `vllm_mode`).
+        vllm_gpu_memory_utilization: colocate: fraction of each GPU vLLM may take (TRL's default 0.3).
+        vllm_tensor_parallel_size: colocate: GPUs one vLLM engine spans.
+        vllm_server_base_url: server: the server's URL (e.g. "http://10.0.0.5:8000"); None: TRL's default
+            host and port (0.0.0.0:8000, the same machine).
         logging_steps / save_steps / resume / save_model / report_to / num_threads / seed / progress: as in SFT.
+        trl_kwargs: other fields of TRL's `GRPOConfig`, passed as they are (e.g. max_grad_norm,
+            vllm_enable_sleep_mode, steps_per_generation); a field this config sets itself is refused.
     """
 
     model: str | None = None
@@ -71,7 +87,7 @@ class GRPORunConfig:
     max_steps: int = 20
     learning_rate: float = 1e-5
     lr_scheduler_type: str = "constant"
-    warmup_steps: int = 0
+    warmup_steps: int | float = 0
     weight_decay: float = 0.0
     num_generations: int = 4
     per_device_train_batch_size: int = 4
@@ -88,6 +104,13 @@ class GRPORunConfig:
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] | None = None
     device: str = "auto"
+    bf16: bool | None = None
+    gradient_checkpointing: bool = False
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_tensor_parallel_size: int = 1
+    vllm_server_base_url: str | None = None
     logging_steps: int = 1
     save_steps: int | None = None
     resume: bool = False
@@ -96,6 +119,7 @@ class GRPORunConfig:
     num_threads: int | None = None
     seed: int = 0
     progress: bool = True
+    trl_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.term_weights) - set(TERMS)
@@ -116,6 +140,10 @@ class GRPORunConfig:
             raise ConfigError("GRPORunConfig.max_completion_length must be >= 16 tokens")
         if self.lora_target_modules is not None:
             self.lora_target_modules = tuple(self.lora_target_modules)
+        if self.vllm_mode not in ("colocate", "server"):
+            raise ConfigError(f"GRPORunConfig.vllm_mode must be 'colocate' or 'server', got {self.vllm_mode!r}")
+        if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:
+            raise ConfigError("GRPORunConfig.vllm_gpu_memory_utilization must be in (0, 1]")
 
 
 def term_reward(name: str) -> Any:
@@ -133,14 +161,13 @@ def dice_reward(environments: list[Any], **_: Any) -> list[float]:
     return [float(env.episode.dice) if env.episode is not None else 0.0 for env in environments]
 
 
-def trl_args(config: GRPORunConfig, out: Path, max_turns: int) -> Any:
-    """The `trl.GRPOConfig` of a run (CPU-safe flags on the CPU)."""
-    from trl import GRPOConfig
-
-    from medagent.train.trl_common import common_trl_fields
+def trl_fields(config: GRPORunConfig, out: Path, max_turns: int, *, cuda: bool | None = None,
+               bf16_supported: bool | None = None) -> dict[str, Any]:
+    """The keyword arguments of this run's `trl.GRPOConfig` (`cuda` / `bf16_supported`: see `common_trl_fields`)."""
+    from medagent.train.trl_common import common_trl_fields, with_trl_kwargs
 
     weights = [config.term_weights[t] for t in TERMS] + [0.0]  # + dice (logged only); TRL appends get_reward (1)
-    return GRPOConfig(
+    return with_trl_kwargs(config, dict(
         output_dir=str(out / "checkpoints"),
         max_steps=config.max_steps,
         learning_rate=config.learning_rate,
@@ -158,8 +185,22 @@ def trl_args(config: GRPORunConfig, out: Path, max_turns: int) -> Any:
         loss_type=config.loss_type,
         reward_weights=weights,
         log_completions=False,  # crashes while tools return images (DESIGN.md)
-        **common_trl_fields(config, False),
-    )
+        use_vllm=config.use_vllm,
+        vllm_mode=config.vllm_mode,
+        vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=config.vllm_tensor_parallel_size,
+        vllm_server_base_url=config.vllm_server_base_url,
+        **common_trl_fields(config, config.gradient_checkpointing, cuda=cuda, bf16_supported=bf16_supported),
+    ))
+
+
+def trl_args(config: GRPORunConfig, out: Path, max_turns: int) -> Any:
+    """The `trl.GRPOConfig` of a run (CPU-safe flags on the CPU)."""
+    from trl import GRPOConfig
+
+    from medagent.train.trl_common import build_trl_config
+
+    return build_trl_config(GRPOConfig, trl_fields(config, out, max_turns))
 
 
 def run_grpo(config: GRPORunConfig) -> Path:
@@ -173,13 +214,13 @@ def run_grpo(config: GRPORunConfig) -> Path:
     import torch
     from trl import GRPOTrainer
 
-    from medagent.agents.vlm import build_tiny_vlm, load_vlm, save_vlm
+    from medagent.agents.vlm import build_tiny_vlm, load_vlm
     from medagent.envs.config import EnvConfig
     from medagent.envs.trl_adapter import SegToolEnvironment
-    from medagent.train.lora import lora_config, merge_lora
+    from medagent.train.lora import lora_config
     from medagent.train.progress import progress_callback
     from medagent.provenance import collect_versions
-    from medagent.train.trl_common import jsonable, metrics_callback
+    from medagent.train.trl_common import jsonable, metrics_callback, save_policy
     from medagent.trajectories.prompts import build_prompt_dataset
 
     cfg = config
@@ -189,18 +230,27 @@ def run_grpo(config: GRPORunConfig) -> Path:
     if cfg.resume and not any((out / "checkpoints").glob("checkpoint-*")):
         raise ConfigError(f"resume=True but {out / 'checkpoints'} has no checkpoint")
     env_config = EnvConfig(**cfg.env)  # checks the env settings before anything is built
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(jsonable(dataclasses.asdict(cfg)), indent=2) + "\n")
-    (out / "versions.json").write_text(json.dumps(collect_versions(cfg.seed), indent=2, default=str) + "\n")
+    args = trl_args(cfg, out, env_config.max_turns)  # sets up the process group under accelerate launch
+    main = args.process_index == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(jsonable(dataclasses.asdict(cfg)), indent=2) + "\n")
+        (out / "versions.json").write_text(json.dumps(collect_versions(cfg.seed), indent=2, default=str) + "\n")
 
-    if cfg.data:
-        from medagent.errors import DataError
+    from medagent.envs.env import load_dataset
+    from medagent.envs.provider import ToolProvider
 
-        if not Path(cfg.data).exists():
-            raise DataError(f"GRPO prompt data {cfg.data} does not exist (build it with build_prompt_dataset)")
-        prompts = datasets.load_from_disk(cfg.data)
-    else:
-        prompts = build_prompt_dataset(cfg.env, limit=cfg.prompts, seed=cfg.seed)
+    # The main process first: a builtin dataset derives into the cache once, the others read it.
+    with args.main_process_first(local=False, desc="the prompts"):
+        if cfg.data:
+            from medagent.errors import DataError
+
+            if not Path(cfg.data).exists():
+                raise DataError(f"GRPO prompt data {cfg.data} does not exist (build it with build_prompt_dataset)")
+            prompts = datasets.load_from_disk(cfg.data)
+        else:
+            prompts = build_prompt_dataset(cfg.env, limit=cfg.prompts, seed=cfg.seed)
+        dataset = load_dataset(env_config)
     if cfg.model:
         model, processor = load_vlm(cfg.model)
         model.train()
@@ -208,11 +258,8 @@ def run_grpo(config: GRPORunConfig) -> Path:
         model, processor = build_tiny_vlm()
     peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules) if cfg.lora else None
 
-    # One shared tool provider: tools load once for all rollouts (stateful tools keep per-episode state).
-    from medagent.envs.env import load_dataset
-    from medagent.envs.provider import ToolProvider
-
-    dataset = load_dataset(env_config)
+    # One shared tool provider per process: tools load once for all its rollouts (stateful tools keep
+    # per-episode state). TRL gives each process its own prompts of the generation batch.
     provider = ToolProvider(None, env_config.load_tools, dataset.info.name)
     env_kwargs = {k: v for k, v in cfg.env.items() if k not in ("dataset", "data_dir")}
     factory = functools.partial(SegToolEnvironment, dataset=dataset, tools=provider, **env_kwargs)
@@ -220,7 +267,7 @@ def run_grpo(config: GRPORunConfig) -> Path:
     callbacks = [metrics_callback(out / "metrics.jsonl")]
     if cfg.progress:
         callbacks.append(progress_callback("GRPO", cfg.max_steps, ("reward", "rewards/dice_reward/mean")))
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=trl_args(cfg, out, env_config.max_turns),
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
                           train_dataset=prompts, processing_class=processor, environment_factory=factory,
                           peft_config=peft_config, callbacks=callbacks)
     from transformers import PrinterCallback
@@ -228,6 +275,12 @@ def run_grpo(config: GRPORunConfig) -> Path:
     trainer.remove_callback(PrinterCallback)  # raw log dicts go to metrics.jsonl (and the progress bar), not stdout
     trainer.train(resume_from_checkpoint=True if cfg.resume else None)
     if cfg.save_model:
-        final = merge_lora(trainer.model) if cfg.lora else trainer.model
-        save_vlm(final, processor, out / "model")
+        save_policy(trainer, processor, out, cfg.lora, save_adapter=False,
+                    base=lambda: load_vlm(cfg.model) if cfg.model else build_tiny_vlm())
     return out
+
+
+if __name__ == "__main__":  # accelerate launch [...] -m medagent.train.grpo --recipe FILE [--FIELD VALUE ...]
+    from medagent.train.recipes import main
+
+    raise SystemExit(main("grpo"))

@@ -13,6 +13,10 @@ image placeholders only in system/user/assistant turns, while the conversation c
 through the template's tools block and an image in each tool turn. It renders exactly what the policy sees at
 inference and in GRPO (a test holds the token ids equal).
 
+Several processes: `accelerate launch [--config_file configs/accelerate/...] -m medagent.train.sft --recipe FILE`
+(`python -m medagent.train.sft --help`; `medagent.train.recipes`); each process trains on its own shard of the
+rows and only the main process writes the run folder.
+
 Run folder (`output_dir`, default `medagent-runs/sft-<time>/`):
     config.json     this config;  versions.json  package versions, git SHA, seed
     metrics.jsonl   one line per trainer log (loss, grad_norm, learning_rate, step, epoch)
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medagent.agents.vlm import TinyVLMConfig, build_tiny_vlm, load_vlm, save_vlm
+from medagent.agents.vlm import TinyVLMConfig, build_tiny_vlm, load_vlm
 from medagent.errors import ConfigError, DataError
 from medagent.provenance import collect_versions
 from medagent.train.trl_common import jsonable, metrics_callback
@@ -58,12 +62,14 @@ class SFTRunConfig:
         num_train_epochs: epochs when max_steps is -1.
         per_device_train_batch_size / gradient_accumulation_steps: batch = their product (x devices).
         learning_rate: peak learning rate (1e-3 suits the random tiny model; use about 1e-5 for real VLMs).
-        lr_scheduler_type / warmup_steps / weight_decay: optimiser schedule (transformers names).
+        lr_scheduler_type / warmup_steps / weight_decay: optimiser schedule (transformers names; warmup_steps
+            below 1 is a fraction of the steps).
         assistant_only_loss: loss on assistant turns only (tool calls and the final answer).
         max_length: truncate longer sequences (tokens); None keeps them whole, which is safest with images
             (truncation inside an image's tokens breaks the batch).
         device: "auto" (CUDA when available), "cpu" or "cuda". On the CPU: use_cpu=True, bf16=False,
             gradient_checkpointing=False.
+        bf16: bf16 mixed precision; None: on CUDA when the GPU supports it (True on a CPU is an error).
         gradient_checkpointing: on GPUs only (ignored on the CPU).
         logging_steps: log every this many steps (to metrics.jsonl).
         save_steps: write a trainer checkpoint every this many steps (None: only the final model).
@@ -73,6 +79,8 @@ class SFTRunConfig:
         num_threads: torch CPU threads (None leaves torch's setting).
         seed: seed of data order and initialisation.
         progress: show a rich progress bar (loss) while training.
+        trl_kwargs: other fields of TRL's `SFTConfig`, passed as they are (e.g. max_grad_norm, optim,
+            save_total_limit, gradient_checkpointing_kwargs); a field this config sets itself is refused.
     """
 
     data: str | list[str] = ""
@@ -94,11 +102,12 @@ class SFTRunConfig:
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
     lr_scheduler_type: str = "constant"
-    warmup_steps: int = 0
+    warmup_steps: int | float = 0
     weight_decay: float = 0.0
     assistant_only_loss: bool = True
     max_length: int | None = None
     device: str = "auto"
+    bf16: bool | None = None
     gradient_checkpointing: bool = False
     logging_steps: int = 1
     save_steps: int | None = None
@@ -108,6 +117,7 @@ class SFTRunConfig:
     num_threads: int | None = None
     seed: int = 0
     progress: bool = False
+    trl_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.tiny, dict):
@@ -254,13 +264,12 @@ def make_collator(processor: Any, config: SFTRunConfig) -> ConversationCollator:
     return ConversationCollator(processor, tool_schema(), template, config.assistant_only_loss, config.max_length)
 
 
-def trl_args(config: SFTRunConfig, out: Path) -> Any:
-    """The `trl.SFTConfig` this run uses (CPU-safe flags on the CPU)."""
-    from trl import SFTConfig
+def trl_fields(config: SFTRunConfig, out: Path, *, cuda: bool | None = None,
+               bf16_supported: bool | None = None) -> dict[str, Any]:
+    """The keyword arguments of this run's `trl.SFTConfig` (`cuda` / `bf16_supported`: see `common_trl_fields`)."""
+    from medagent.train.trl_common import common_trl_fields, with_trl_kwargs
 
-    from medagent.train.trl_common import common_trl_fields
-
-    return SFTConfig(
+    return with_trl_kwargs(config, dict(
         output_dir=str(out / "checkpoints"),
         max_steps=config.max_steps,
         num_train_epochs=config.num_train_epochs,
@@ -273,12 +282,25 @@ def trl_args(config: SFTRunConfig, out: Path) -> Any:
         weight_decay=config.weight_decay,
         assistant_only_loss=config.assistant_only_loss,
         max_length=config.max_length,
-        **common_trl_fields(config, config.gradient_checkpointing),
-    )
+        **common_trl_fields(config, config.gradient_checkpointing, cuda=cuda, bf16_supported=bf16_supported),
+    ))
+
+
+def trl_args(config: SFTRunConfig, out: Path) -> Any:
+    """The `trl.SFTConfig` this run uses (CPU-safe flags on the CPU)."""
+    from trl import SFTConfig
+
+    from medagent.train.trl_common import build_trl_config
+
+    return build_trl_config(SFTConfig, trl_fields(config, out))
 
 
 def run_sft(config: SFTRunConfig) -> Path:
     """Fine-tune per `config` and return the run folder (the model is in `<run>/model`).
+
+    Under `accelerate launch` (several processes) every process trains on its own shard of the rows
+    (accelerate's distributed sampler), and only the main process writes the run folder (config.json,
+    versions.json, the grounding rows, metrics.jsonl, model/); the others wait for it where they read it.
 
     Raises:
         DataError: the data folder is missing, malformed or empty.
@@ -293,33 +315,39 @@ def run_sft(config: SFTRunConfig) -> Path:
     out = Path(cfg.output_dir) if cfg.output_dir else Path("medagent-runs") / f"sft-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     if cfg.resume and not any((out / "checkpoints").glob("checkpoint-*")):
         raise ConfigError(f"resume=True but {out / 'checkpoints'} has no checkpoint")
-    out.mkdir(parents=True, exist_ok=True)
+    args = trl_args(cfg, out)  # sets up the process group under accelerate launch
     paths = list(cfg.data)
-    if not paths:  # stage "grounding" without data: draw the rows into the run folder once
-        from medagent.trajectories.prompts import save_grounding
+    main = args.process_index == 0
+    with args.main_process_first(local=False, desc="the run folder"):
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+        if not paths:  # stage "grounding" without data: the main process draws the rows into the run folder once
+            from medagent.trajectories.prompts import save_grounding
 
-        rows = out / "grounding-data"
-        if not (rows / "dataset_dict.json").exists():
-            save_grounding(cfg.grounding, str(rows))
-        paths = [str(rows)]
+            rows = out / "grounding-data"
+            if main and not (rows / "dataset_dict.json").exists():
+                save_grounding(cfg.grounding, str(rows))
+            paths = [str(rows)]
     train, evaluation = _load_data(paths, cfg.train_split, cfg.eval_split)
-    (out / "config.json").write_text(json.dumps(jsonable(dataclasses.asdict(cfg)), indent=2) + "\n")
-    (out / "versions.json").write_text(json.dumps(collect_versions(cfg.seed), indent=2, default=str) + "\n")
+    if main:
+        (out / "config.json").write_text(json.dumps(jsonable(dataclasses.asdict(cfg)), indent=2) + "\n")
+        (out / "versions.json").write_text(json.dumps(collect_versions(cfg.seed), indent=2, default=str) + "\n")
 
     if cfg.model:
         model, processor = load_vlm(cfg.model)
         model.train()
     else:
         model, processor = build_tiny_vlm(cfg.tiny)
-    from medagent.train.lora import lora_config, merge_lora
+    from medagent.train.lora import lora_config
     from medagent.train.progress import progress_callback
+    from medagent.train.trl_common import save_policy
 
     peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules) if cfg.lora else None
     callbacks = [metrics_callback(out / "metrics.jsonl")]
     if cfg.progress:
         total = cfg.max_steps if cfg.max_steps > 0 else None
         callbacks.append(progress_callback(f"SFT ({cfg.stage})", total, ("loss",)))
-    trainer = SFTTrainer(model=model, args=trl_args(cfg, out), train_dataset=train, eval_dataset=evaluation,
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation,
                          processing_class=processor, data_collator=make_collator(processor, cfg),
                          peft_config=peft_config, callbacks=callbacks)
     from transformers import PrinterCallback
@@ -329,7 +357,12 @@ def run_sft(config: SFTRunConfig) -> Path:
     if evaluation is not None:
         trainer.evaluate()
     if cfg.save_model:
-        if cfg.lora:
-            trainer.model.save_pretrained(out / "adapter")
-        save_vlm(merge_lora(trainer.model) if cfg.lora else trainer.model, processor, out / "model")
+        save_policy(trainer, processor, out, cfg.lora,
+                    base=lambda: load_vlm(cfg.model) if cfg.model else build_tiny_vlm(cfg.tiny))
     return out
+
+
+if __name__ == "__main__":  # accelerate launch [...] -m medagent.train.sft --recipe FILE [--FIELD VALUE ...]
+    from medagent.train.recipes import main
+
+    raise SystemExit(main("sft"))

@@ -1,5 +1,6 @@
-"""What SFT and GRPO runs share: TrainingArguments fields (device flags safe on a CPU, run bookkeeping),
-strict JSON of a config, and the callback that writes metrics.jsonl."""
+"""What SFT and GRPO runs share: TrainingArguments fields (device flags safe on a CPU, run bookkeeping, extra
+TRL fields), strict JSON of a config, the callback that writes metrics.jsonl, and saving the final policy from
+one process or many (`accelerate launch`: DDP, FSDP, DeepSpeed)."""
 
 from __future__ import annotations
 
@@ -10,27 +11,41 @@ from typing import Any
 from medagent.errors import ConfigError
 
 
-def common_trl_fields(config: Any, gradient_checkpointing: bool = False) -> dict[str, Any]:
-    """Fields of `trl.SFTConfig` / `trl.GRPOConfig` from a run config with `device`, `logging_steps`,
+def common_trl_fields(config: Any, gradient_checkpointing: bool = False, *, cuda: bool | None = None,
+                      bf16_supported: bool | None = None) -> dict[str, Any]:
+    """Fields of `trl.SFTConfig` / `trl.GRPOConfig` from a run config with `device`, `bf16`, `logging_steps`,
     `save_steps`, `report_to` and `seed`.
 
     The CPU flags TRL needs: its defaults (bf16=True, gradient_checkpointing=True) break or crawl on a CPU.
     transformers >= 5.24 renamed gradient_checkpointing to activation_checkpointing and warns on the old name,
-    which TRL always sets (default True); setting the new name wins and silences that.
+    which TRL always sets (default True); setting the new name wins and silences that. Older transformers (the
+    `[vllm]` environment's 5.18-5.20) only know gradient_checkpointing, which is then the key set.
+
+    Args:
+        cuda / bf16_supported: None detects them (from `device` and the machine); a recipe's dry run passes True
+            to get the fields a bf16 GPU would run with (`medagent.train.recipes.dry_run`).
 
     Raises:
-        ConfigError: device "cuda" without CUDA.
+        ConfigError: device "cuda" without CUDA, or bf16=True without CUDA.
     """
     import torch
 
     name = type(config).__name__
-    cuda = torch.cuda.is_available() if config.device == "auto" else config.device == "cuda"
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{name}.device='cuda' but CUDA is not available")
+    if cuda is None:
+        cuda = torch.cuda.is_available() if config.device == "auto" else config.device == "cuda"
+        if config.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"{name}.device='cuda' but CUDA is not available")
+    if bf16_supported is None:
+        bf16_supported = bool(cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    bf16 = getattr(config, "bf16", None)
+    if bf16 is None:
+        bf16 = bool(cuda and bf16_supported)
+    elif bf16 and not cuda:
+        raise ConfigError(f"{name}.bf16=True needs a CUDA device (device={config.device!r})")
     return {
         "use_cpu": not cuda,
-        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
-        "activation_checkpointing": bool(cuda and gradient_checkpointing),
+        "bf16": bool(bf16),
+        checkpointing_field(): bool(cuda and gradient_checkpointing),
         "logging_steps": config.logging_steps,
         "save_strategy": "steps" if config.save_steps else "no",
         "save_steps": config.save_steps or 500,
@@ -40,6 +55,68 @@ def common_trl_fields(config: Any, gradient_checkpointing: bool = False) -> dict
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
     }
+
+
+def checkpointing_field() -> str:
+    """The TrainingArguments field that turns activation (gradient) checkpointing on in the installed transformers."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+def with_trl_kwargs(config: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` plus the config's `trl_kwargs` (other TRL fields passed as they are).
+
+    Raises:
+        ConfigError: a key of `trl_kwargs` is one the run config sets itself (set that field instead).
+    """
+    extra = dict(getattr(config, "trl_kwargs", None) or {})
+    clash = sorted(set(extra) & set(fields))
+    if clash:
+        raise ConfigError(f"{type(config).__name__}.trl_kwargs sets {clash}, which the run config sets itself: "
+                          "set the run config's own field (see its Attributes) instead")
+    return {**fields, **extra}
+
+
+def build_trl_config(cls: type, fields: dict[str, Any]) -> Any:
+    """`cls(**fields)` (TRL's SFTConfig / GRPOConfig) with TRL's refusals as ConfigError."""
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{cls.__name__}: {exc}") from exc
+
+
+def save_policy(trainer: Any, processor: Any, out: Path, lora: bool, base: Any, save_adapter: bool = True) -> None:
+    """Write the trained policy into `out/model` (LoRA merged) and, with LoRA and `save_adapter`, the adapters
+    into `out/adapter`. Every process calls this; only the main process writes.
+
+    Under FSDP or DeepSpeed (sharded parameters) `trainer.save_model` gathers the full weights first (the
+    accelerate config's full state dict / `zero3_save_16bit_model`); with LoRA the adapters are then merged
+    into a fresh copy of the base model, `base()` -> (model, processor).
+    """
+    from medagent.agents.vlm import save_vlm
+    from medagent.train.lora import merge_lora
+
+    if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
+        target = out / ("adapter" if lora else "model")
+        trainer.save_model(str(target))  # collective: every rank takes part in gathering the weights
+        if trainer.is_world_process_zero():
+            if lora:
+                from peft import PeftModel
+
+                model, _ = base()
+                save_vlm(PeftModel.from_pretrained(model, str(target)).merge_and_unload(), processor, out / "model")
+            else:
+                processor.save_pretrained(target)
+        return
+    if not trainer.is_world_process_zero():
+        return
+    if lora and save_adapter:
+        trainer.model.save_pretrained(out / "adapter")
+    save_vlm(merge_lora(trainer.model) if lora else trainer.model, processor, out / "model")
 
 
 def jsonable(value: Any) -> Any:
