@@ -633,8 +633,6 @@ def _parse_sets(items: Optional[List[str]]) -> dict:
     return overrides
 
 
-@train_app.command("sft")
-def train_sft_cmd(
 def _given(ctx: typer.Context, names: Tuple[str, ...]) -> set:
     """The parameters among `names` given on the command line (not left at their defaults)."""
     from click.core import ParameterSource
@@ -642,11 +640,13 @@ def _given(ctx: typer.Context, names: Tuple[str, ...]) -> set:
     return {n for n in names if ctx.get_parameter_source(n) not in (ParameterSource.DEFAULT, None)}
 
 
-    data: Optional[List[str]] = typer.Option(None, help="TRL export folder(s) from `medagent trajectories export` "
-                                             "(repeat for several; optional with --stage grounding)."),
+@train_app.command("sft")
+def train_sft_cmd(
     ctx: typer.Context,
     recipe: Optional[Path] = typer.Option(None, help="A YAML recipe (configs/sft/...): its fields first, then the "
                                           "flags given here, then --set."),
+    data: Optional[List[str]] = typer.Option(None, help="TRL export folder(s) from `medagent trajectories export` "
+                                             "(repeat for several; optional with --stage grounding)."),
     stage: str = typer.Option("trajectories", help="trajectories (multi-turn episodes) or grounding (image + "
                               "instruction -> one add_bbox with the target's box, drawn from the builtin train splits)."),
     model: Optional[str] = typer.Option(None, help="A local VLM folder (e.g. Qwen3-VL, or an earlier stage's model/); "
@@ -686,13 +686,13 @@ def _given(ctx: typer.Context, names: Tuple[str, ...]) -> set:
 
 @train_app.command("grpo")
 def train_grpo_cmd(
-    model: Optional[str] = typer.Option(None, help="The policy to start from (an SFT run's model/ folder, or a local "
-                                        "Qwen3-VL); default: the tiny random VLM (for smoke tests only)."),
     ctx: typer.Context,
     recipe: Optional[Path] = typer.Option(None, help="A YAML recipe (configs/grpo/...): its fields first, then the "
                                           "flags given here (--dataset, --data, --split, --image-size, --max-turns "
                                           "change those keys of its env; --generations sets num_generations only), "
                                           "then --set."),
+    model: Optional[str] = typer.Option(None, help="The policy to start from (an SFT run's model/ folder, or a local "
+                                        "Qwen3-VL); default: the tiny random VLM (for smoke tests only)."),
     dataset: str = typer.Option("mni-lesion", help="Builtin dataset of the training env."),
     data: Optional[Path] = typer.Option(None, help="A dataset folder instead of --dataset."),
     split: str = typer.Option("train", help="Split the prompts come from."),
