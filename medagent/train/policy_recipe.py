@@ -169,7 +169,7 @@ def run_recipe(config: PolicyRecipeConfig) -> Path:
 CARD_EVAL = {"dataset": "mni-lesion", "split": "test", "episodes": 40, "seed": 0, "agents": ("policy", "auto", "mean-box")}
 
 
-def ship(config: PolicyRecipeConfig, evaluate: Any, name: str = "policy-tiny", version: str = "1") -> Path:
+def ship(config: PolicyRecipeConfig, evaluate: Any, name: str = "policy-tiny", version: str | None = None) -> Path:
     """Copy the recipe's final policy into `medagent/weights/<name>` (float16 weights), with a model card (its
     recipe, timings and an evaluation on `CARD_EVAL` episodes) and its manifest entry; returns the folder.
 
@@ -177,6 +177,7 @@ def ship(config: PolicyRecipeConfig, evaluate: Any, name: str = "policy-tiny", v
         evaluate: `(model_folder, env_settings, agents, episodes, seed) -> rows` (dicts with agent, dice,
             episode_score, turns, invalid_rate): `medagent.eval.agent_eval.card_rows`, passed in because
             evaluation sits above training in the package's layering.
+        version: the manifest version; None bumps the shipped one when the weights change (1 when new).
     """
     import shutil
 
@@ -185,14 +186,20 @@ def ship(config: PolicyRecipeConfig, evaluate: Any, name: str = "policy-tiny", v
     from medagent.agents.vlm import load_vlm, save_vlm
     from medagent.weights import WEIGHTS_DIR, record_weights
 
+    from medagent.weights import read_manifest, sha256
+
     out = Path(config.output_dir)
     model, processor = load_vlm(out / "grpo" / "model")
+    previous = read_manifest().get(name)
     dest = WEIGHTS_DIR / name
     if dest.exists():
         shutil.rmtree(dest)
     save_vlm(model.to(torch.float16), processor, dest)
     # The chat template is TRL's file: not shipped, `load_vlm` reads it from the installed trl instead.
     (dest / "chat_template.jinja").unlink(missing_ok=True)
+    if version is None:
+        same = previous is not None and previous["files"].get("model.safetensors") == sha256(dest / "model.safetensors")
+        version = "1" if previous is None else previous["version"] if same else str(int(previous["version"]) + 1)
     timings = json.loads((out / "timings.json").read_text())
     env = {"dataset": CARD_EVAL["dataset"], "split": CARD_EVAL["split"], "image_size": config.image_size,
            "max_turns": config.max_turns}
@@ -246,6 +253,7 @@ tokenizer trained on medagent's own text (every integer 0-999 one token).
 | agent | Dice | episode score | turns | invalid rate |
 |---|---|---|---|---|
 {table}
+
 - Limits: trained on synthetic and template-derived data with the shipped tiny tools; it chooses among the
   regions an automatic segmenter proposes, so it cannot find a target the segmenter misses. A demonstration
   policy, not a clinical one.
