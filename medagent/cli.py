@@ -266,6 +266,7 @@ def eval_tool(
                                 json_out=json_out, run_root=runs_dir, seed=seed,
                                 tool_config={"dataset": dataset} if dataset else {})
         _console().print(f"results: {results}")
+        _console().print(f"report: {results.parent / 'report.html'}")
 
     _run_guarded(run)
 
@@ -308,6 +309,7 @@ def eval_interactive(
         if report.skipped:
             _console().print(f"skipped {len(report.skipped)} (listed in the results)")
         _console().print(f"results: {report.results}")
+        _console().print(f"report: {report.report}")
 
     _run_guarded(run)
 
@@ -787,11 +789,14 @@ def eval_agent(
                                "or a local VLM folder."),
     max_turns: int = typer.Option(5, help="Turns before truncation."),
     image_size: int = typer.Option(128, help="Policy image side, pixels (the shipped policy was trained at 128)."),
+    record_turns: int = typer.Option(2, help="Episodes per agent kept turn by turn for the report's trajectory viewer."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also copy results JSON here."),
     seed: int = typer.Option(0, help="Seed."),
     runs_dir: Path = typer.Option(Path("medagent-runs"), help="Where run folders go."),
 ) -> None:
-    """Score agents in the environment on the same episodes: Dice, IoU, turns, episode score (95% CIs)."""
+    """Score agents in the environment on the same episodes: Dice, IoU, turns, episode score (95% CIs).
+
+    The run folder's report.html shows the tables, Dice per turn and the recorded episodes turn by turn."""
     from medagent.eval.agent_eval import agents_table, run_agent_eval
 
     def run():
@@ -802,9 +807,10 @@ def eval_agent(
         kwargs["policy"] = {"policy": policy}
         path, df = run_agent_eval(_env_settings(dataset, data, split, max_turns, image_size), names, episodes=episodes,
                                   seed=seed, agent_kwargs=kwargs, json_out=str(json_out) if json_out else None,
-                                  run_root=str(runs_dir))
+                                  run_root=str(runs_dir), record_turns=record_turns)
         _console().print(agents_table(df, title="Agents on the same episodes (reads GT = oracle, not a policy)"))
         _console().print(f"results: {path}")
+        _console().print(f"report: {path.parent / 'report.html'}")
 
     _run_guarded(run)
 
@@ -836,8 +842,20 @@ def eval_ctta(
         title = f"Continual TTA on {dataset} ({'episodic' if episodic else 'continual'}, {rounds} rounds)"
         _console().print(ctta_table(report.ctta, names, title=title))
         _console().print(f"results: {report.results}")
+        _console().print(f"report: {report.report}")
 
     _run_guarded(run)
+
+
+@eval_app.command("report")
+def eval_report(
+    run_folder: Path = typer.Argument(..., help="A run folder: an evaluation (results.json) or a training run (metrics.jsonl)."),
+    out: Optional[Path] = typer.Option(None, help="Where to write it (default RUN_FOLDER/report.html)."),
+) -> None:
+    """(Re)write the self-contained HTML report of a run folder: tables, plots, trajectories or training curves."""
+    from medagent.eval.report import write_report
+
+    _run_guarded(lambda: _console().print(f"report: {write_report(run_folder, out=out)}"))
 
 
 @eval_app.command("compare")
@@ -880,7 +898,9 @@ def demo(
     out: Path = typer.Option(Path("medagent-runs"), help="Where the demo's run folder goes."),
     quick: bool = typer.Option(False, help="Fewer cases (for tests)."),
 ) -> None:
-    """The main job on the embedded default: builtin datasets, each tool, the environment, agents and the shipped policy."""
+    """The main job on the embedded default: builtin datasets, each tool, the environment, agents and the shipped policy.
+
+    Everything lands in one run folder with a self-contained report.html; its path is printed at the end."""
     from medagent.demo import run_demo
 
     _run_guarded(lambda: run_demo(out, quick=quick, console=_console()))

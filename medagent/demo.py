@@ -3,7 +3,9 @@
 Runs offline on a CPU, end to end, with what medagent ships: the builtin datasets, the tools with their
 shipped tiny weights, the metrics and the results files. Each section runs only the parts that are
 available; a tool without shipped weights is reported as such, never faked. Everything it measures lands
-in one run folder (results.json, cases.parquet, overlay PNGs).
+in one run folder (results.json, cases.parquet, overlay PNGs, the CTTA and agent evaluations' own run folders,
+the small loop's trajectories, SFT and GRPO runs) and one self-contained report.html over all of it
+(`medagent.eval.report`), whose path is printed at the end.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def run_demo(out_root: str | Path = "medagent-runs", quick: bool = False, consol
     from medagent.data.builtin import load_builtin
     from medagent.data.io import save_overlay_png
     from medagent.eval.catalog import datasets_table, tools_table
+    from medagent.eval.report import write_report
     from medagent.eval.results import summarize
     from medagent.eval.runs import RunFolder
     from medagent.eval.table import summary_table
@@ -105,7 +108,9 @@ def run_demo(out_root: str | Path = "medagent-runs", quick: bool = False, consol
             section(run, console, quick, seed)
         except MedagentError as exc:  # a missing tool or weights: say so, keep going
             console.print(f"  [yellow]skipped[/]: {exc}")
+    report = write_report(run.path)
     console.print(f"run folder: {run.path}")
+    console.print(f"report: {report}")
     return run.path
 
 
@@ -155,11 +160,11 @@ def _ctta_section(run: Any, console: Any, quick: bool, seed: int) -> None:
 
 
 def _agents_section(run: Any, console: Any, quick: bool, seed: int) -> None:
-    from medagent.eval.agent_eval import agents_table, evaluate_agents
+    from medagent.eval.agent_eval import agents_table, run_agent_eval
 
     settings = {"dataset": "mni-lesion", "split": "test", "image_size": 256}
-    df = evaluate_agents(settings, ["expert", "expert-box", "oracle-box", "mean-box", "auto", "random"],
-                         episodes=4 if quick else 16, seed=seed)
+    _, df = run_agent_eval(settings, ["expert", "expert-box", "oracle-box", "mean-box", "auto", "random"],
+                           episodes=4 if quick else 16, seed=seed, run_root=run.path, record_turns=1 if quick else 2)
     df.to_parquet(run.path / "agents.parquet")
     console.print(agents_table(df, title="Agents (reads GT = oracle or expert, an upper reference, not a policy)"))
     console.print("  expert: the trajectory generator's mix (30% of episodes start from a click only); "
@@ -174,7 +179,7 @@ def _policy_section(run: Any, console: Any, quick: bool, seed: int) -> None:
 
     from medagent.envs import InteractiveSegEnv
     from medagent.errors import CheckpointError
-    from medagent.eval.agent_eval import agents_table, evaluate_agents
+    from medagent.eval.agent_eval import agents_table, evaluate_agents, run_agent_eval
     from medagent.train.grpo import GRPORunConfig, run_grpo
     from medagent.train.sft import SFTRunConfig, run_sft
     from medagent.trajectories import GenerateConfig, export_trl, generate
@@ -188,8 +193,8 @@ def _policy_section(run: Any, console: Any, quick: bool, seed: int) -> None:
         console.print(f"  [yellow]skipped[/] the shipped policy: {exc}")
         shipped = None
     if shipped is not None:
-        df = evaluate_agents(test, ["policy", "mean-box", "auto", "ranked-regions", "expert-regions"], episodes=8 if quick else 30,
-                             seed=seed)
+        _, df = run_agent_eval(test, ["policy", "mean-box", "auto", "ranked-regions", "expert-regions"],
+                               episodes=8 if quick else 30, seed=seed, run_root=run.path, record_turns=1 if quick else 2)
         df.to_parquet(run.path / "policy.parquet")
         console.print(agents_table(df, title="The shipped tiny policy (grounding -> SFT -> GRPO) against baselines, "
                                              "same episodes; ranked-regions is its teacher (no GT), expert-regions reads GT"))

@@ -140,14 +140,16 @@ class CTTAReport:
     """What `evaluate_ctta` returns.
 
     Attributes:
-        run_dir: the run folder (config.json, versions.json, metrics.jsonl, results.json, cases.parquet).
+        run_dir: the run folder (config.json, versions.json, metrics.jsonl, results.json, cases.parquet, report.html).
         results: path of results.json (shared results shape; the CTTA tables are under its "ctta" key).
         ctta: {method: summarize_stream(...) + "relative_cost"}, plus "_source": the unadapted drop.
+        report: report.html in the run folder (`medagent.eval.report`).
     """
 
     run_dir: Path
     results: Path
     ctta: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None
 
 
 def _pick(n: int, max_cases: int | None, seed: int) -> list[int]:
@@ -200,6 +202,7 @@ def evaluate_ctta(
 
     from medagent.data.builtin import load_builtin
     from medagent.data.shifts import build_stream
+    from medagent.eval.report import write_report
     from medagent.eval.results import copy_results, summarize
     from medagent.eval.runs import RunFolder
 
@@ -260,9 +263,10 @@ def evaluate_ctta(
     df = pd.DataFrame(rows)
     summary = summarize(df, seed=seed, metrics=("dice",)) if len(df) else {}
     results = run.write_results(summary, cases=df if len(df) else None, skipped=skipped, extra={"ctta": report})
+    html = write_report(run.path)
     if json_out is not None:
         copy_results(results, json_out)
-    return CTTAReport(run_dir=run.path, results=results, ctta=report)
+    return CTTAReport(run_dir=run.path, results=results, ctta=report, report=html)
 
 
 def _seeded(dataset: str) -> bool:

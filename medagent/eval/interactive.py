@@ -31,8 +31,9 @@ for the number of clicks; `docs/evaluation.md` has the details and where this de
   percentile-bootstrap 95% intervals resampling whole subjects (`medagent.eval.results.bootstrap_ci`).
 
 The run folder (``<run_root>/eval-interactive-<time>/``) holds config.json, versions.json, metrics.jsonl,
-results.json (protocol, summaries, curves), cases.parquet (one row per object per step) and
-objects.parquet (one row per object: its curve and summary metrics).
+results.json (protocol, summaries, curves), cases.parquet (one row per object per step),
+objects.parquet (one row per object: its curve and summary metrics) and report.html (`medagent.eval.report`:
+the tables, Dice / NSD vs click curves, Dice distributions).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from medagent.data.case import Case
 from medagent.data.dataset import Dataset
 from medagent.errors import ConfigError, MedagentError
 from medagent.eval.results import CASE_COLUMNS, bootstrap_ci, copy_results, summarize
+from medagent.eval.report import write_report
 from medagent.eval.runs import RunFolder
 from medagent.metrics import binary_metrics
 from medagent.provenance import write_json
@@ -366,6 +368,7 @@ class InteractiveReport:
         objects: one row per object (DataFrame, objects.parquet).
         steps: one row per object per step (DataFrame, cases.parquet).
         skipped: [{"path", "reason"}].
+        report: report.html in the run folder (`medagent.eval.report`).
     """
 
     results: Path
@@ -376,6 +379,7 @@ class InteractiveReport:
     objects: Any
     steps: Any
     skipped: list[dict[str, str]] = field(default_factory=list)
+    report: Path | None = None
 
     @property
     def curve_steps(self) -> list[int]:
@@ -537,8 +541,9 @@ def evaluate_interactive(
         data = json.loads(Path(dest).read_text(encoding="utf-8"))
         data["objects"] = os.path.relpath(objects_path.resolve(), Path(dest).parent.resolve())
         write_json(dest, data)
+    report = write_report(run.path)
     return InteractiveReport(results=path, run_dir=run.path, protocol=protocol, by_dataset=by_dataset,
-                             by_modality=by_modality, objects=objects, steps=steps, skipped=skipped)
+                             by_modality=by_modality, objects=objects, steps=steps, skipped=skipped, report=report)
 
 
 # -- the table the CLI prints ----------------------------------------------------------------------------

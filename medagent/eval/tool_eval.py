@@ -35,6 +35,7 @@ from medagent.data.case import Case
 from medagent.data.dataset import Dataset
 from medagent.errors import ConfigError, MedagentError
 from medagent.eval.results import CASE_COLUMNS, DEFAULT_METRICS, copy_results, summarize
+from medagent.eval.report import write_report
 from medagent.eval.runs import RunFolder, to_jsonable
 from medagent.metrics import binary_metrics
 from medagent.tools.base import Tool, ToolKind
@@ -136,7 +137,7 @@ def evaluate_tool(
             (their recorded rows are reused), so an interrupted evaluation resumes where it stopped.
     Returns:
         pandas DataFrame, one row per (case, class): `CASE_COLUMNS`, the metric columns, and extras
-        (gt_voxels, pred_voxels, pred_class_index, n_prompts, n_slices, time_s). Rows skipped and why
+        (modality, gt_voxels, pred_voxels, pred_class_index, n_prompts, n_slices, time_s). Rows skipped and why
         are in ``df.attrs["skipped"]`` as [{"path", "reason"}].
     """
     import pandas as pd
@@ -191,7 +192,8 @@ def evaluate_tool(
         else:
             gt_classes = [c for c in sorted(case.class_names) if c != 0 and keep_class(c, case.class_names[c])]
             present = set(case.foreground_classes())
-            base = {"method": tool.name, "dataset": dataset.info.name, "case_id": case.id, "subject": case.subject}
+            base = {"method": tool.name, "dataset": dataset.info.name, "case_id": case.id, "subject": case.subject,
+                    "modality": case.modality or dataset.info.modality}
             try:
                 if prompt is None:
                     start = time.perf_counter()
@@ -239,7 +241,8 @@ def evaluate_tool(
                       "unknown_classes": sorted(unknown_classes - n_unknown)}
             with open(partial, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
-    columns = list(CASE_COLUMNS) + list(metrics) + ["gt_voxels", "pred_voxels", "pred_class_index", "n_prompts", "n_slices", "time_s"]
+    columns = (list(CASE_COLUMNS) + list(metrics)
+               + ["modality", "gt_voxels", "pred_voxels", "pred_class_index", "n_prompts", "n_slices", "time_s"])
     df = pd.DataFrame(rows, columns=columns)
     df.attrs["skipped"] = skipped
     return df
@@ -264,8 +267,9 @@ def run_tool_eval(
 ) -> Path:
     """Evaluate a tool (a registry name, built with `checkpoint` and `tool_config`, or a `Tool`) and write a run folder.
 
-    Writes ``<run_root>/eval-tool-<time>/`` with config.json, versions.json, metrics.jsonl, cases.parquet
-    and results.json (summary with bootstrap CIs by subject, see `medagent.eval.results`); copies the
+    Writes ``<run_root>/eval-tool-<time>/`` with config.json, versions.json, metrics.jsonl, cases.parquet,
+    results.json (summary with bootstrap CIs by subject, see `medagent.eval.results`) and report.html
+    (`medagent.eval.report`, beside results.json); copies the
     results JSON to `json_out` when given (its "cases" reference rewritten to still find the table).
     Finished cases are recorded in the run folder's partial.jsonl while the run goes; `resume` (a run
     folder of an interrupted evaluation with the same tool, dataset and split) continues it instead of
@@ -302,6 +306,7 @@ def run_tool_eval(
     path = run.write_results(summary, cases=df, skipped=skipped,
                              extra={"split": split, "prompt": prompt, "tolerance_mm": tolerance_mm})
     run.file("partial.jsonl").unlink(missing_ok=True)  # cases.parquet now holds every row
+    write_report(run.path)
     if json_out is not None:
         copy_results(path, json_out)
     return path
