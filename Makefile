@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-$(HASH)
 # `fl` (flwr) joins the default once federated training uses it; `make EXTRAS=test,fl` installs it now.
 EXTRAS ?= test
 
-.PHONY: install demo test bench clean-venv
+.PHONY: install browser demo test bench clean-venv
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,14 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/medagent demo
 
-test: install
+# The report's browser test (tests/test_report_browser.py) drives Debian's chromium: installed here when missing
+# and apt-get is there (quiet; nothing happens when chromium is already on PATH).
+browser:
+	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "could not install chromium with apt-get: tests/test_report_browser.py will fail"
+
+test: install browser
 	$(VENV)/bin/pytest -q --durations=25 -p no:cacheprovider
 
 bench: install
