@@ -78,8 +78,8 @@ def quality(args: argparse.Namespace) -> None:
     for (dataset, agent), g in df.groupby(["dataset", "agent"], sort=False):
         if agent not in models:
             continue
-        reasons = Counter(re.sub(r"-?\d+(\.\d+)?", "N", text) for errors in g["errors"] for text in json.loads(errors))
-        top = "; ".join(f"{text[:70]} ({n})" for text, n in reasons.most_common(3)) or "-"
+        reasons = Counter(re.sub(r"\b-?\d+(\.\d+)?\b", "N", text) for errors in g["errors"] for text in json.loads(errors))
+        top = "; ".join(f"{text[:110]} ({n})" for text, n in reasons.most_common(3)) or "-"
         print(f"| {dataset} | {agent} | {sum(reasons.values())} | {top.replace('|', '/')} |")
 
     print("\n## Paired differences (95% bootstrap over subjects)\n")
