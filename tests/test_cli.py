@@ -121,6 +121,8 @@ def test_demo_quick_writes_a_run_folder(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert "otsu" in results["summary"] and (run / "cases.parquet").exists()
     assert any(p.suffix == ".png" for p in (run / "overlays").iterdir())
+    report = (run / "report.html").read_text()
+    assert "report.html" in result.stdout and "<img" in report and "http://" not in report and "https://" not in report
 
 
 def test_train_tool_cli_runs_and_rejects_unknown_fields(tmp_path):
