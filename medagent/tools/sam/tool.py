@@ -80,31 +80,11 @@ class SamConfig:
             raise ConfigError(f"model_type must be one of {sorted(OFFICIAL_ARCHS)} or None, got {self.model_type!r}")
 
 
-class SamTool(Tool):
-    """Promptable SAM (any checkpoint) with an embedding cache. See the module docstring."""
+class PredictorTool(Tool):
+    """What the SAM-family tools share: a cached predictor (`self.predictor`: model, preprocessing, embedding
+    cache, low-resolution side) and a config with `mask_logit_scale`. `SamTool` and `sam2`'s `Sam2Tool` build
+    their own predictor; the accessors below read it."""
 
-    name: ClassVar[str] = "sam"
-    kind: ClassVar[ToolKind] = ToolKind.PROMPTABLE
-    inputs: ClassVar[frozenset[str]] = frozenset({"boxes", "points", "point_labels", "mask_logits", "multimask"})
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        preprocessing: Preprocessing,
-        arch: SamArchConfig,
-        config: SamConfig | None = None,
-        source: str = "",
-        model_type: str = "custom",
-    ) -> None:
-        self.config = config or SamConfig()
-        self.arch = arch
-        self.source = source
-        self.model_type = model_type
-        cache = EmbeddingCache(self.config.cache_entries, int(self.config.cache_max_mb * 2**20))
-        intensity = IntensityConfig(ct_window=self.config.ct_window)
-        self.predictor = SamPredictorCached(model, preprocessing, cache, intensity, self.config.device)
-
-    # -- properties -----------------------------------------------------------------------------
     @property
     def model(self) -> torch.nn.Module:
         return self.predictor.model
@@ -129,6 +109,32 @@ class SamTool(Tool):
     def mask_to_logits(self, mask: np.ndarray) -> np.ndarray:
         """A binary (H, W) mask on the case grid -> (1, L, L) logits for `mask_logits`."""
         return mask_to_low_res_logits(mask, self.preprocessing, self.low_res_size, self.config.mask_logit_scale)
+
+
+class SamTool(PredictorTool):
+    """Promptable SAM (any checkpoint) with an embedding cache. See the module docstring."""
+
+    name: ClassVar[str] = "sam"
+    kind: ClassVar[ToolKind] = ToolKind.PROMPTABLE
+    inputs: ClassVar[frozenset[str]] = frozenset({"boxes", "points", "point_labels", "mask_logits", "multimask"})
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocessing: Preprocessing,
+        arch: SamArchConfig,
+        config: SamConfig | None = None,
+        source: str = "",
+        model_type: str = "custom",
+    ) -> None:
+        self.config = config or SamConfig()
+        self.arch = arch
+        self.source = source
+        self.model_type = model_type
+        cache = EmbeddingCache(self.config.cache_entries, int(self.config.cache_max_mb * 2**20))
+        intensity = IntensityConfig(ct_window=self.config.ct_window)
+        self.predictor = SamPredictorCached(model, preprocessing, cache, intensity, self.config.device)
+
 
     def session(self, case: Case, use_previous_logits: bool = True) -> "SamSession":
         return SamSession(self, case, use_previous_logits)

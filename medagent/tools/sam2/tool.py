@@ -32,12 +32,12 @@ import torch
 from medagent.data.case import Case
 from medagent.data.intensity import IntensityConfig
 from medagent.errors import CheckpointError, ConfigError, ToolError, ToolUnavailable
-from medagent.tools.base import Prediction, Tool, ToolKind, require_2d
+from medagent.tools.base import Prediction, ToolKind, require_2d
 from medagent.tools.checkpoint import (FOLDER_FILE_SUFFIXES, PICKLE_SUFFIXES, is_hub_id, load_state_strict,
                                        read_config, read_weights, resolve_checkpoint, write_checkpoint)
 from medagent.tools.sam.predictor import EmbeddingCache
-from medagent.tools.sam.preprocess import Preprocessing, mask_to_low_res_logits
-from medagent.tools.sam.tool import SamSession, validate_prompts
+from medagent.tools.sam.preprocess import Preprocessing
+from medagent.tools.sam.tool import PredictorTool, SamSession, validate_prompts
 from medagent.tools.sam2.model import (INSTALL_HINT, SAM2_CONFIGS, SAM2_PRESETS, build_sam2_model, load_sam2_official,
                                        preset, require_sam2)
 from medagent.tools.sam2.predictor import Sam2PredictorCached
@@ -87,7 +87,7 @@ class Sam2Config:
             raise ConfigError(f"config must be one of {sorted(SAM2_CONFIGS)} or None, got {self.config!r}")
 
 
-class Sam2Tool(Tool):
+class Sam2Tool(PredictorTool):
     """Promptable SAM 2 / 2.1 / MedSAM2 with an embedding cache. See the module docstring."""
 
     name: ClassVar[str] = "sam2"
@@ -103,30 +103,6 @@ class Sam2Tool(Tool):
         intensity = IntensityConfig(ct_window=self.config.ct_window)
         self.predictor = Sam2PredictorCached(model, preprocessing, cache, intensity, self.config.device)
 
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.predictor.model
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self.predictor.preprocessing
-
-    @property
-    def cache(self) -> EmbeddingCache:
-        return self.predictor.cache
-
-    @property
-    def low_res_size(self) -> int:
-        """Side L of `Prediction.logits` maps and of the mask input."""
-        return self.predictor.low_res_size
-
-    def clear_cache(self) -> None:
-        """Drop every cached embedding (needed after changing the model's weights in place)."""
-        self.cache.clear()
-
-    def mask_to_logits(self, mask: np.ndarray) -> np.ndarray:
-        """A binary (H, W) mask on the case grid -> (1, L, L) logits for `mask_logits`."""
-        return mask_to_low_res_logits(mask, self.preprocessing, self.low_res_size, self.config.mask_logit_scale)
 
     def session(self, case: Case, use_previous_logits: bool = True) -> "Sam2Session":
         return Sam2Session(self, case, use_previous_logits)
