@@ -761,7 +761,7 @@ def train_policy_cmd(
     ship_it: bool = typer.Option(False, "--ship", help="Copy the final policy into medagent/weights/policy-tiny."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Any PolicyRecipeConfig field: --set sft_steps=800."),
 ) -> None:
-    """The shipped policy's whole recipe: expert trajectories -> grounding SFT -> trajectory SFT -> GRPO."""
+    """The shipped policy's whole recipe: teacher trajectories -> grounding SFT -> trajectory SFT -> GRPO."""
     from medagent.train.launch import config_from
     from medagent.train.policy_recipe import PolicyRecipeConfig, run_recipe, ship
 
