@@ -40,12 +40,14 @@ def test_schema_of_the_adapter_methods_is_the_declared_schema():
 def test_validator_follows_the_declarations():
     for spec in E.TOOL_SPECS:
         args = {}
+        good = {"coords": lambda a: [a.low] * a.length, "integer": lambda a: a.low, "choice": lambda a: a.choices[0]}
+        wrong = {"coords": lambda a: [a.high + 1] * a.length, "integer": lambda a: a.high + 1, "choice": lambda a: "nope"}
         for arg in spec.args:
-            args[arg.name] = [arg.low] * arg.length if arg.kind == "coords" else arg.choices[0]
+            args[arg.name] = good[arg.kind](arg)
         assert isinstance(E.validate_call(spec.name, args), E.ToolCall), spec.name
         for arg in spec.args:
             bad = dict(args)
-            bad[arg.name] = [arg.high + 1] * arg.length if arg.kind == "coords" else "nope"
+            bad[arg.name] = wrong[arg.kind](arg)
             assert isinstance(E.validate_call(spec.name, bad), E.InvalidCall), (spec.name, arg.name)
         assert isinstance(E.validate_call(spec.name, {**args, "extra": 1}), E.InvalidCall)
 
@@ -196,8 +198,29 @@ def test_ranked_region_keeps_the_n_largest_and_takes_rank_k():
     regions = [([0, 0, 9, 9], 120), ([20, 0, 29, 9], 6), ([40, 0, 49, 9], 90), ([60, 0, 69, 9], 300)]
     assert instruction_rank_and_count("Segment the lesion 2nd nearest the top-left corner (2 of 3 lesion instances).") == (2, 3)
     assert instruction_rank_and_count("Segment the liver.") == (1, 1)
-    assert ranked_region(regions, 2, 3) == [40, 0, 49, 9]   # the 6 px region is dropped as a false positive
-    assert ranked_region(regions, 3, 3) == [60, 0, 69, 9]
+    assert ranked_region(regions, 2, 3) == 3                 # the 6 px region (2) is dropped as a false positive
+    assert ranked_region(regions, 3, 3) == 4
     assert ranked_region(regions, 1, 1) is None              # a single target keeps the automatic mask
     assert ranked_region(regions[:2], 3, 3) is None          # rank past what is listed
     assert ranked_region([], 1, 2) is None
+
+
+def test_select_region_prompts_sam_with_the_listed_box():
+    """select_region(k) gives the mask add_bbox gives with region k's listed box; an unlisted k fails cleanly."""
+    from medagent.envs.regions import region_boxes
+
+    env = make_env()
+    env.reset(seed=3)
+    ep = env.unwrapped.episode
+    ep.mask = np.zeros_like(ep.gt)
+    ep.mask[2:8, 2:8] = True
+    ep.mask[20:28, 18:30] = True
+    boxes = [box for box, _ in region_boxes(ep.mask, ep.config.region_min_area)]
+    assert len(boxes) == 2
+    by_box = ep.fork().run_call(E.validate_call("add_bbox", {"bbox_2d": boxes[1]}))
+    by_number = ep.fork().run_call(E.validate_call("select_region", {"region": 2}))
+    assert by_number.outcome == by_box.outcome == "segment"
+    assert by_number.text == by_box.text and by_number.dice == by_box.dice
+    missing = ep.fork().run_call(E.validate_call("select_region", {"region": 3}))
+    assert missing.outcome == "failed" and "lists regions 1-2, not region 3" in missing.text
+    assert isinstance(E.validate_call("select_region", {"region": "2"}), E.InvalidCall)

@@ -7,7 +7,7 @@
   learn it by copying a box from the tool answer instead of regressing pixels.
 - `RankedRegionsAgent` ("ranked-regions"): the same two moves without the ground truth, read from the
   conversation alone: after `auto_segment`, keep the `n` largest listed regions (`n` = the instance count the
-  instruction names), take the one of rank `k` among them, prompt SAM with its box, stop; an instruction that
+  instruction names), take the one of rank `k` among them, prompt SAM with its box (`select_region`), stop; an instruction that
   names no rank (one lesion, or a whole organ) keeps the automatic mask. A non-learned reference, and the policy's default teacher: its
   choice is a function of what the policy reads (the GT-choosing teacher agreed with it on 82.5% of 80
   training episodes), so imitation has one answer to learn.
@@ -43,8 +43,9 @@ def instruction_rank_and_count(instruction: str) -> tuple[int, int]:
     return (int(match.group(1)), int(match.group(2))) if match else (1, 1)
 
 
-def ranked_region(regions: list[tuple[list[int], int]], rank: int, count: int) -> list[int] | None:
-    """The box a reader of the tool answer would prompt SAM with, or None to keep the mask.
+def ranked_region(regions: list[tuple[list[int], int]], rank: int, count: int) -> int | None:
+    """The number (1-based, as the tool answer labels it) of the region a reader of the answer would prompt SAM
+    with, or None to keep the mask.
 
     Args:
         regions: the listed regions, nearest the top-left first: [(box in the 0-999 frame, area in pixels)].
@@ -57,9 +58,8 @@ def ranked_region(regions: list[tuple[list[int], int]], rank: int, count: int) -
     """
     if not regions or count == 1:
         return None
-    largest = sorted(range(len(regions)), key=lambda i: -regions[i][1])[:count]
-    kept = [regions[i][0] for i in sorted(largest)]
-    return kept[rank - 1] if rank <= len(kept) else None
+    kept = sorted(sorted(range(len(regions)), key=lambda i: -regions[i][1])[:count])
+    return kept[rank - 1] + 1 if rank <= len(kept) else None
 
 
 class _RegionChooser(Agent):
@@ -108,14 +108,18 @@ class RegionExpertAgent(_RegionChooser):
 
 
 class RankedRegionsAgent(_RegionChooser):
-    """auto_segment, then `add_bbox` with `ranked_region`'s box (or stop), then stop; no ground truth."""
+    """auto_segment, then `select_region` with `ranked_region`'s number (or stop), then stop; no ground truth.
+
+    `select_region(region=k)` prompts SAM with exactly the box `add_bbox` would get from region k's listed box,
+    so this agent's masks are those of copying the box; a policy imitating it writes one number instead of four.
+    """
 
     name = "ranked-regions"
 
     def choose(self, ep: Any) -> str:
         regions = region_boxes(ep.mask, ep.config.region_min_area)[: ep.config.max_regions]
-        box = ranked_region(regions, *instruction_rank_and_count(ep.target.instruction))
-        return format_call("stop_action") if box is None else format_call("add_bbox", {"bbox_2d": box})
+        number = ranked_region(regions, *instruction_rank_and_count(ep.target.instruction))
+        return format_call("stop_action") if number is None else format_call("select_region", {"region": number})
 
 
 class BlobAgent(Agent):

@@ -152,6 +152,7 @@ def corpus_texts(seed: int = 0, n_calls: int = 400, extra: Iterable[str] = ()) -
         else:
             call = rng.choice([format_call("stop_action"), format_call("cps"), format_call("adapt"),
                                format_call("refine"), format_call("undo"),
+                               format_call("select_region", {"region": rng.randint(1, 5)}),
                                format_call("auto_segment", {"model": rng.choice(list(AUTO_MODELS))})])
         texts.append(call)
         texts.append(f"<tool_response>\nThe mask now covers {rng.uniform(0, 60):.1f}% of the image in 2 regions, nearest "

@@ -248,9 +248,9 @@ class InteractiveSegEnv(gym.Env):
 class DictActionSegEnv(InteractiveSegEnv):
     """The same environment with structured actions for non-text agents.
 
-    Action: Dict(tool: Discrete(8) over `TOOL_NAMES`, bbox_2d: Box(0, 999, (4,), int64), point_2d:
+    Action: Dict(tool: Discrete(9) over `TOOL_NAMES`, bbox_2d: Box(0, 999, (4,), int64), point_2d:
     Box(0, 999, (2,), int64), point_type: Discrete(2) (0 positive, 1 negative), model: Discrete(3) over
-    `auto_models()` (more with automatic tools from outside medagent)). Only the chosen tool's fields are read;
+    `auto_models()` (more with automatic tools from outside medagent), region: Discrete(9) (0 is region 1)). Only the chosen tool's fields are read;
     validation is `parsing.validate_call`.
     """
 
@@ -261,6 +261,7 @@ class DictActionSegEnv(InteractiveSegEnv):
             "point_2d": spaces.Box(0, 999, (2,), np.int64),
             "point_type": spaces.Discrete(len(POINT_TYPES)),
             "model": spaces.Discrete(len(auto_models())),
+            "region": spaces.Discrete(9),
         })
 
     def _run(self, action: Any) -> tuple[list[CallResult], float]:

@@ -26,7 +26,7 @@ from medagent.envs.config import EnvConfig
 from medagent.envs.coords import convert_coords
 from medagent.envs.parsing import InvalidCall, ToolCall, parse_message
 from medagent.envs.provider import ToolProvider
-from medagent.envs.regions import describe_regions
+from medagent.envs.regions import describe_regions, region_boxes
 from medagent.envs.session import PromptSession
 from medagent.envs.targets import Target
 from medagent.rewards import CallRecord, EpisodeTrace, PotentialReward, reward_terms
@@ -194,15 +194,21 @@ class Episode:
             if self.session is not None and state is not None:
                 self.session.state = state.copy()  # snapshots may be shared with forks: never mutate them
             return "undo", f"Back to the previous mask ({self._area_text()})."
-        if name in ("add_bbox", "add_point"):
+        if name in ("add_bbox", "add_point", "select_region"):
+            frame_box = args.get("bbox_2d")
+            if name == "select_region":  # the box of a listed region, exactly as add_bbox would take it
+                listed = region_boxes(self.mask, self.config.region_min_area)[: self.config.max_regions]
+                if not 1 <= args["region"] <= len(listed):
+                    shown = f"regions 1-{len(listed)}" if listed else "no regions"
+                    return "failed", f"select_region error: the current mask lists {shown}, not region {args['region']}"
+                frame_box = listed[args["region"] - 1][0]
             session = self._session()
             snapshot = (self.mask.copy(), session.state.copy())
-            if name == "add_bbox":
-                box = convert_coords(args["bbox_2d"], self.width, self.height).tolist()
-                prediction = session.set_box(box)
-            else:
+            if name == "add_point":
                 point = convert_coords(args["point_2d"], self.width, self.height).tolist()
                 prediction = session.add_click(point, args["point_type"] == "positive")
+            else:
+                prediction = session.set_box(convert_coords(frame_box, self.width, self.height).tolist())
             return self._accept(snapshot, self._binary(prediction), call)
         snapshot = (self.mask.copy(), None if self.session is None else self.session.state.copy())
         if name == "auto_segment":

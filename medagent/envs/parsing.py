@@ -125,6 +125,14 @@ def _coords(name: str, arg: ArgSpec, value: Any) -> list[int] | str:
     return out  # type: ignore[return-value]
 
 
+def _integer(name: str, arg: ArgSpec, value: Any) -> int | str:
+    """The value of an "integer" argument, or the error text."""
+    out = _as_int(value)
+    if out is None or not arg.low <= out <= arg.high:
+        return f"{name}: {arg.name} must be an integer in {arg.low}-{arg.high}, got {_short(json.dumps(value, default=str), 40)}"
+    return out
+
+
 def _choice(name: str, arg: ArgSpec, value: Any) -> str | None:
     """None when `value` is one of the argument's choices, else the error text."""
     if isinstance(value, str) and value in arg.choices:
@@ -161,8 +169,8 @@ def validate_call(name: Any, arguments: Any, raw: str = "") -> ToolCall | Invali
     clean: dict[str, Any] = {}
     for arg in spec.args:
         value = arguments[arg.name]
-        if arg.kind == "coords":
-            checked = _coords(name, arg, value)
+        if arg.kind in ("coords", "integer"):
+            checked = _coords(name, arg, value) if arg.kind == "coords" else _integer(name, arg, value)
             if isinstance(checked, str):
                 return InvalidCall(name, checked, raw)
             clean[arg.name] = checked
@@ -180,7 +188,8 @@ def validate_call(name: Any, arguments: Any, raw: str = "") -> ToolCall | Invali
 
 def dict_action_to_call(action: Mapping[str, Any]) -> ToolCall | InvalidCall:
     """The Dict-action path: {"tool": index into TOOL_NAMES, "bbox_2d": (4,), "point_2d": (2,),
-    "point_type": 0 positive / 1 negative, "model": index into auto_models()} -> the same validation.
+    "point_type": 0 positive / 1 negative, "model": index into auto_models(), "region": region number - 1}
+    -> the same validation.
 
     Only the arguments of the chosen tool are read.
     """
@@ -198,6 +207,8 @@ def dict_action_to_call(action: Mapping[str, Any]) -> ToolCall | InvalidCall:
             arguments["point_type"] = POINT_TYPES[int(np.asarray(action["point_type"]).item())]
         elif name == "auto_segment":
             arguments["model"] = auto_models()[int(np.asarray(action["model"]).item())]
+        elif name == "select_region":
+            arguments["region"] = int(np.asarray(action["region"]).item()) + 1
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         return InvalidCall(name, f"Dict action for {name} has a missing or bad field: {_short(str(exc), 60)}")
     return validate_call(name, arguments, raw=json.dumps({"name": name, "arguments": arguments}))

@@ -9,7 +9,9 @@ Everything that needs to know the tools derives from `TOOL_SPECS`:
 outside medagent (`auto_models()`: `medagent.tools` entry points, `register_tool`); with none it is `TOOL_SPECS`.
 
 Names and argument shapes are MedSAM-Agent's (`add_bbox`, `add_point`, `stop_action`) plus medagent's
-tools (DESIGN.md, "The environment contract"); coordinates are integers in the 0-999 frame.
+tools (DESIGN.md, "The environment contract"); coordinates are integers in the 0-999 frame. `select_region`
+prompts SAM with the box of a region a tool answer listed (`medagent.envs.regions`) by its number: choosing a
+region is one token, where copying its box is four (docs/policy.md, approach 8).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ class ArgSpec:
 
     Attributes:
         name: argument name as written in the call's JSON.
-        kind: "coords" (a list of `length` integers in [low, high]) or "choice" (one string of `choices`).
+        kind: "coords" (a list of `length` integers in [low, high]), "integer" (one integer in [low, high]) or
+            "choice" (one string of `choices`).
         description: one line shown to the policy in the schema.
         length: number of integers of a "coords" argument.
         low / high: inclusive range of each integer.
@@ -34,7 +37,7 @@ class ArgSpec:
     """
 
     name: str
-    kind: Literal["coords", "choice"]
+    kind: Literal["coords", "integer", "choice"]
     description: str
     length: int = 0
     low: int = 0
@@ -45,6 +48,8 @@ class ArgSpec:
         """The JSON-schema property, in the layout transformers' `get_json_schema` writes."""
         if self.kind == "coords":
             return {"type": "array", "items": {"type": "integer"}, "description": self.description}
+        if self.kind == "integer":
+            return {"type": "integer", "description": self.description}
         return {"type": "string", "enum": list(self.choices), "description": self.description}
 
 
@@ -90,6 +95,9 @@ TOOL_SPECS: tuple[ToolSpec, ...] = (
     )),
     ToolSpec("cps", "Segment the target few-shot from reference images of the same structure (conditional point sparsification)."),
     ToolSpec("refine", "Refine the current mask with the diffusion refiner."),
+    ToolSpec("select_region", "Prompt the interactive segmenter with the box of one region of the current mask, as answers list them.", (
+        ArgSpec("region", "integer", "The region's number in the last answer's list (1 is nearest the top-left).", low=1, high=9),
+    )),
     ToolSpec("stop_action", "Finish: the current mask is the answer."),
     ToolSpec("undo", "Go back to the mask (and prompts) before the last change."),
 )

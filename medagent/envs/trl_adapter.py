@@ -93,11 +93,11 @@ class SegToolEnvironment:
         return self._renderer.tool_message(turns[0])["content"]
 
 
-_PYTHON_TYPES = {"coords": list[int]}
+_PYTHON_TYPES = {"coords": list[int], "integer": int}
 
 
 def _annotation(arg: ArgSpec) -> Any:
-    return _PYTHON_TYPES[arg.kind] if arg.kind == "coords" else Literal[arg.choices]  # type: ignore[valid-type]
+    return _PYTHON_TYPES[arg.kind] if arg.kind in _PYTHON_TYPES else Literal[arg.choices]  # type: ignore[valid-type]
 
 
 def _tool_method(spec: ToolSpec) -> Any:
