@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from fake_tools import SquareClicks
 from medagent.data import Case
 from medagent.data.dataset import CaseList, Dataset, DatasetInfo
 from medagent.errors import ConfigError, DataError
 from medagent.eval.interactive import (
     evaluate_interactive, normalised_auc, number_of_clicks, object_metrics,
 )
-from medagent.tools.base import Prediction, Tool, ToolKind
 from medagent.tools.clicker import next_click
 from medagent.tools.sam.prompts import corrective_click
 
@@ -166,22 +166,6 @@ def test_evaluate_interactive_sam_on_a_builtin_dataset(tmp_path):
     pd.testing.assert_frame_equal(again.steps.drop(columns="time_s"), steps.drop(columns="time_s"))
 
 
-class _SquareClicks(Tool):
-    """A fake promptable tool: the box filled, plus a 5 x 5 square at each positive click, minus one at each negative."""
-
-    name = "square-clicks"
-    kind = ToolKind.PROMPTABLE
-    inputs = frozenset({"boxes", "points", "point_labels"})
-
-    def predict_2d(self, case, boxes=None, points=None, point_labels=None):
-        mask = np.zeros(case.shape, np.uint8)
-        for x0, y0, x1, y1 in np.asarray(boxes if boxes is not None else np.zeros((0, 4))).astype(int):
-            mask[y0:y1 + 1, x0:x1 + 1] = 1
-        for (x, y), label in zip(np.asarray(points if points is not None else []).astype(int), point_labels if points is not None else []):
-            mask[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3] = int(label)
-        return Prediction(mask=mask)
-
-
 def _volume_dataset() -> Dataset:
     zz, yy, xx = np.mgrid[:6, :24, :24]
     label = (((yy - 12) ** 2 + (xx - 12) ** 2 <= 36) & (zz >= 1) & (zz <= 4)).astype(np.uint8)  # a disk on 4 slices
@@ -195,7 +179,7 @@ def _volume_dataset() -> Dataset:
 
 @pytest.mark.parametrize("box", [True, False])
 def test_volumes_go_slice_wise_with_any_promptable_tool(tmp_path, box):
-    report = evaluate_interactive(_SquareClicks(), dataset=_volume_dataset(), clicks=3, box=box, run_root=tmp_path,
+    report = evaluate_interactive(SquareClicks(), dataset=_volume_dataset(), clicks=3, box=box, run_root=tmp_path,
                                   progress=False, n_resamples=50)
     (obj,) = report.objects.to_dict("records")
     assert obj["n_slices"] == 4 and obj["class_name"] == "disk"
@@ -217,9 +201,9 @@ def test_protocol_refuses_tools_and_settings_it_cannot_run(tmp_path):
     with pytest.raises(ConfigError, match="clicks"):
         evaluate_interactive("otsu", dataset="nuclei", run_root=tmp_path, progress=False)
     with pytest.raises(ConfigError):
-        evaluate_interactive(_SquareClicks(), dataset="nuclei", clicks=0, run_root=tmp_path, progress=False)
+        evaluate_interactive(SquareClicks(), dataset="nuclei", clicks=0, run_root=tmp_path, progress=False)
     with pytest.raises(ConfigError, match="exactly one"):
-        evaluate_interactive(_SquareClicks(), run_root=tmp_path, progress=False)
+        evaluate_interactive(SquareClicks(), run_root=tmp_path, progress=False)
 
 
 def test_cli_eval_interactive(tmp_path):

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fake_tools import SquareClicks
 from medagent.envs.testing import fake_tools, make_dataset
 from medagent.errors import ConfigError
 from medagent.eval.report import write_report, write_training_report
-from medagent.tools.base import Prediction, Tool, ToolKind
+from medagent.tools.base import Prediction, Tool
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -47,22 +48,6 @@ class ErodedTruth(Tool):
         for c in (1, 2, 3):
             out[ndimage.binary_erosion(case.label == c)] = c
         return Prediction(mask=out)
-
-
-class SquareClicks(Tool):
-    """Promptable: fills the box, adds / removes a 5 x 5 square at each click."""
-
-    name = "square-clicks"
-    kind = ToolKind.PROMPTABLE
-    inputs = frozenset({"boxes", "points", "point_labels"})
-
-    def predict_2d(self, case, boxes=None, points=None, point_labels=None):
-        mask = np.zeros(case.shape, np.uint8)
-        for x0, y0, x1, y1 in np.asarray(boxes if boxes is not None else np.zeros((0, 4))).astype(int):
-            mask[y0:y1 + 1, x0:x1 + 1] = 1
-        for (x, y), label in zip(np.asarray(points if points is not None else []).astype(int), point_labels if points is not None else []):
-            mask[max(y - 2, 0):y + 3, max(x - 2, 0):x + 3] = int(label)
-        return Prediction(mask=mask)
 
 
 def test_tool_eval_report_has_the_summary_tables_and_distributions(tmp_path):

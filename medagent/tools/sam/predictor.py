@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,41 +112,40 @@ def content_key(image: np.ndarray, modality: str, intensity: IntensityConfig | N
     return h.hexdigest()
 
 
-class SamPredictorCached:
-    """A `segment_anything` `Sam` with medagent preprocessing and an embedding cache.
+class CachedPredictor:
+    """Embed once, prompt many: what the SAM-family predictors share (SAM here, SAM 2 in `medagent.tools.sam2`).
+
+    A subclass says how its model encodes an image (`_encode`) and decodes prompts on the embedding (`_decode`),
+    and checks that the checkpoint's preprocessing fits the model (`_check`); caching, the cache key and the
+    argument conventions of `predict` live here once.
 
     Args:
-        model: a `segment_anything.modeling.Sam` (eval mode is set here).
-        preprocessing: the checkpoint's `Preprocessing`.
+        model: the model (eval mode is set here).
+        preprocessing: the checkpoint's `Preprocessing` (its image_size must be the model's).
         cache: an `EmbeddingCache` (a fresh default one when None).
         intensity: intensity settings for `medagent.data.intensity.normalize`.
         device: torch device string.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        preprocessing: Preprocessing,
-        cache: EmbeddingCache | None = None,
-        intensity: IntensityConfig | None = None,
-        device: str = "cpu",
-    ) -> None:
+    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, cache: EmbeddingCache | None = None,
+                 intensity: IntensityConfig | None = None, device: str = "cpu") -> None:
         self.model = model.to(device).eval()
         self.preprocessing = preprocessing
         self.cache = cache if cache is not None else EmbeddingCache()
         self.intensity = intensity
         self.device = torch.device(device)
-        enc_size = int(model.image_encoder.img_size)
-        if enc_size != preprocessing.image_size:
-            raise ConfigError(f"preprocessing image_size {preprocessing.image_size} differs from the encoder's {enc_size}")
+        self._check()
+
+    def _check(self) -> None:
+        """Raise `ConfigError` when the preprocessing does not fit the model."""
 
     @property
     def low_res_size(self) -> int:
         """Side L of the low-res logits / mask input."""
-        return int(self.model.prompt_encoder.mask_input_size[0])
+        raise NotImplementedError
 
     @torch.no_grad()
-    def embed(self, image: np.ndarray, modality: str) -> tuple[ImageEmbedding, bool]:
+    def embed(self, image: np.ndarray, modality: str) -> tuple[Any, bool]:
         """Embedding of a (C, H, W) image, from the cache when possible. Returns (embedding, cache_hit)."""
         key = content_key(image, modality, self.intensity, self.preprocessing)
         hit = self.cache.get(key)
@@ -153,15 +153,18 @@ class SamPredictorCached:
             return hit, True
         rgb = image_to_rgb01(image, modality, self.intensity)
         x = prepare_input(rgb, self.preprocessing).to(self.device)
-        features = self.model.image_encoder(x)
-        emb = ImageEmbedding(features=features, original_size=(int(image.shape[-2]), int(image.shape[-1])))
+        emb = self._encode(x, (int(image.shape[-2]), int(image.shape[-1])))
         self.cache.put(key, emb)
         return emb, False
+
+    def _encode(self, x: torch.Tensor, original_size: tuple[int, int]) -> Any:
+        """The embedding of one prepared (1, 3, S, S) input of an image of `original_size` (H, W)."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def predict(
         self,
-        emb: ImageEmbedding,
+        emb: Any,
         boxes: np.ndarray | None = None,
         points: np.ndarray | None = None,
         point_labels: np.ndarray | None = None,
@@ -171,32 +174,60 @@ class SamPredictorCached:
         """Decode prompts on one embedding, all prompt sets in one decoder call.
 
         Args:
-            emb: the image embedding.
+            emb: the image embedding (`embed`).
             boxes: (N, 4) float [x0, y0, x1, y1] original pixels, or None.
             points: (N, P, 2) float [x, y] original pixels, or None.
             point_labels: (N, P) 1 positive / 0 negative, with `points`.
-            mask_logits: (N, 1, L, L) previous low-res logits, or None (then, with boxes and a
-                preprocessing with `box_mask_prior`, the boxes rendered as mask input).
-            multimask: return SAM's 3 candidate masks per prompt set instead of 1.
+            mask_logits: (N, 1, L, L) previous low-res logits, or None (the subclass says what it does then).
+            multimask: return the decoder's 3 candidate masks per prompt set instead of 1.
 
         Returns:
-            (masks_logits (N, K, H, W) on the original grid, scores (N, K) predicted IoU,
-            low_res (N, K, L, L)), K = 3 with multimask else 1.
+            (mask logits (N, K, H, W) on the original grid, scores (N, K) predicted IoU, low_res (N, K, L, L)),
+            K = 3 with multimask else 1.
         """
-        pre = self.preprocessing
-        dev = self.device
+        pre, dev = self.preprocessing, self.device
+        box_t = None if boxes is None else torch.as_tensor(boxes_to_input(boxes, emb.original_size, pre), device=dev)
         pts = None
         if points is not None:
             coords = torch.as_tensor(coords_to_input(points, emb.original_size, pre), device=dev)
-            labels = torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=dev)
-            pts = (coords, labels)
-        box_t = None
-        if boxes is not None:
-            box_t = torch.as_tensor(boxes_to_input(boxes, emb.original_size, pre), device=dev)
+            pts = (coords, torch.as_tensor(np.asarray(point_labels), dtype=torch.int64, device=dev))
         mask_t = None if mask_logits is None else torch.as_tensor(mask_logits, dtype=torch.float32, device=dev)
+        return self._decode(emb, box_t, pts, mask_t, boxes, bool(multimask))
+
+    def _decode(self, emb: Any, box_t: torch.Tensor | None, pts: tuple[torch.Tensor, torch.Tensor] | None,
+                mask_t: torch.Tensor | None, boxes: np.ndarray | None, multimask: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`predict` on tensors in the model's input frame: boxes (N, 4), points ((N, P, 2), labels (N, P)),
+        mask logits (N, 1, L, L); `boxes` are the original-pixel boxes (for a box mask prior)."""
+        raise NotImplementedError
+
+
+class SamPredictorCached(CachedPredictor):
+    """A `segment_anything` `Sam` with medagent preprocessing and an embedding cache (`CachedPredictor`).
+
+    Without `mask_logits`, boxes and a preprocessing with `box_mask_prior` give the boxes rendered as mask input.
+    """
+
+    def _check(self) -> None:
+        enc_size = int(self.model.image_encoder.img_size)
+        if enc_size != self.preprocessing.image_size:
+            raise ConfigError(f"preprocessing image_size {self.preprocessing.image_size} differs from the encoder's {enc_size}")
+
+    @property
+    def low_res_size(self) -> int:
+        """Side L of the low-res logits / mask input."""
+        return int(self.model.prompt_encoder.mask_input_size[0])
+
+    def _encode(self, x: torch.Tensor, original_size: tuple[int, int]) -> ImageEmbedding:
+        return ImageEmbedding(features=self.model.image_encoder(x), original_size=original_size)
+
+    def _decode(self, emb: ImageEmbedding, box_t: torch.Tensor | None, pts: tuple[torch.Tensor, torch.Tensor] | None,
+                mask_t: torch.Tensor | None, boxes: np.ndarray | None, multimask: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pre = self.preprocessing
         if mask_t is None and boxes is not None and pre.box_mask_prior:
             edges = box_edges_to_input(boxes, emb.original_size, pre)
-            mask_t = box_prior_logits(torch.from_numpy(edges), pre.image_size, self.low_res_size).to(dev)
+            mask_t = box_prior_logits(torch.from_numpy(edges), pre.image_size, self.low_res_size).to(self.device)
         sparse, dense = self.model.prompt_encoder(points=pts, boxes=box_t, masks=mask_t)
         low_res, scores = self.model.mask_decoder(
             image_embeddings=emb.features,

@@ -49,29 +49,47 @@ FORMAT = "medagent-sam"
 
 
 @dataclass
-class SamConfig:
-    """Runtime options of the `sam` tool (the architecture and preprocessing come with the checkpoint).
+class PredictorConfig:
+    """Runtime options every SAM-family tool has (`SamConfig`, `sam2`'s `Sam2Config`).
 
     Attributes:
-        checkpoint_type: "auto" (folder -> its config; .pth -> MedSAM when the file name contains
-            "medsam", SAM otherwise), "sam" or "medsam" (for .pth files).
-        model_type: "vit_b" / "vit_l" / "vit_h" for .pth files; None detects it from the weights.
         device: torch device.
         cache_entries: most image embeddings kept in the LRU cache (0 disables it).
         cache_max_mb: most megabytes of embeddings kept.
         mask_threshold: logit threshold for the binary mask.
         ct_window: CT window name or (level, width) in HU for the intensity module.
-        mask_logit_scale: magnitude of the logits made from a binary mask by `SamSession.set_mask`.
+        mask_logit_scale: magnitude of the logits made from a binary mask by the session's `set_mask`.
     """
 
-    checkpoint_type: str = "auto"
-    model_type: str | None = None
     device: str = "cpu"
     cache_entries: int = 32
     cache_max_mb: float = 512.0
     mask_threshold: float = 0.0
     ct_window: str | tuple[float, float] = "soft_tissue"
     mask_logit_scale: float = 8.0
+
+    def embedding_cache(self) -> EmbeddingCache:
+        """An empty `EmbeddingCache` of this config's size."""
+        return EmbeddingCache(self.cache_entries, int(self.cache_max_mb * 2**20))
+
+    def intensity(self) -> IntensityConfig:
+        """The intensity settings the predictor normalises images with."""
+        return IntensityConfig(ct_window=self.ct_window)
+
+
+@dataclass
+class SamConfig(PredictorConfig):
+    """Runtime options of the `sam` tool (the architecture and preprocessing come with the checkpoint):
+    `PredictorConfig`'s, and
+
+    Attributes:
+        checkpoint_type: "auto" (folder -> its config; .pth -> MedSAM when the file name contains
+            "medsam", SAM otherwise), "sam" or "medsam" (for .pth files).
+        model_type: "vit_b" / "vit_l" / "vit_h" for .pth files; None detects it from the weights.
+    """
+
+    checkpoint_type: str = "auto"
+    model_type: str | None = None
 
     def __post_init__(self) -> None:
         if self.checkpoint_type not in ("auto", "sam", "medsam"):
@@ -131,9 +149,8 @@ class SamTool(PredictorTool):
         self.arch = arch
         self.source = source
         self.model_type = model_type
-        cache = EmbeddingCache(self.config.cache_entries, int(self.config.cache_max_mb * 2**20))
-        intensity = IntensityConfig(ct_window=self.config.ct_window)
-        self.predictor = SamPredictorCached(model, preprocessing, cache, intensity, self.config.device)
+        self.predictor = SamPredictorCached(model, preprocessing, self.config.embedding_cache(), self.config.intensity(),
+                                            self.config.device)
 
 
     def session(self, case: Case, use_previous_logits: bool = True) -> "SamSession":

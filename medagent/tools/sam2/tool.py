@@ -30,14 +30,12 @@ import numpy as np
 import torch
 
 from medagent.data.case import Case
-from medagent.data.intensity import IntensityConfig
 from medagent.errors import CheckpointError, ConfigError, ToolError, ToolUnavailable
 from medagent.tools.base import Prediction, ToolKind, require_2d
 from medagent.tools.checkpoint import (FOLDER_FILE_SUFFIXES, PICKLE_SUFFIXES, is_hub_id, load_state_strict,
                                        read_config, read_weights, resolve_checkpoint, write_checkpoint)
-from medagent.tools.sam.predictor import EmbeddingCache
 from medagent.tools.sam.preprocess import Preprocessing
-from medagent.tools.sam.tool import PredictorTool, SamSession, validate_prompts
+from medagent.tools.sam.tool import PredictorConfig, PredictorTool, SamSession, validate_prompts
 from medagent.tools.sam2.model import (INSTALL_HINT, SAM2_CONFIGS, SAM2_PRESETS, build_sam2_model, load_sam2_official,
                                        preset, require_sam2)
 from medagent.tools.sam2.predictor import Sam2PredictorCached
@@ -53,8 +51,9 @@ NO_CHECKPOINT = (
 
 
 @dataclass
-class Sam2Config:
-    """Runtime options of the `sam2` tool (the architecture and preprocessing come with the checkpoint).
+class Sam2Config(PredictorConfig):
+    """Runtime options of the `sam2` tool (the architecture and preprocessing come with the checkpoint):
+    `PredictorConfig`'s (cache_max_mb defaults to 1024: an embedding is 16 MiB at 1024 px), and
 
     Attributes:
         checkpoint_type: "auto" (folder -> its config; .pt -> MedSAM2 when the file name contains "medsam2",
@@ -62,23 +61,12 @@ class Sam2Config:
         config: the architecture of a .pt file, one of `SAM2_CONFIGS` ("sam2.1_hiera_t", ...); None detects it
             from the weights.
         image_size: input side S for a .pt fine-tuned at another size (a multiple of 32); None: the preset's.
-        device: torch device.
-        cache_entries: most image embeddings kept in the LRU cache (0 disables it).
-        cache_max_mb: most megabytes of embeddings kept (16 MiB each at 1024 px).
-        mask_threshold: logit threshold for the binary mask.
-        ct_window: CT window name or (level, width) in HU for the intensity module.
-        mask_logit_scale: magnitude of the logits made from a binary mask by `Sam2Session.set_mask`.
     """
 
+    cache_max_mb: float = 1024.0
     checkpoint_type: str = "auto"
     config: str | None = None
     image_size: int | None = None
-    device: str = "cpu"
-    cache_entries: int = 32
-    cache_max_mb: float = 1024.0
-    mask_threshold: float = 0.0
-    ct_window: str | tuple[float, float] = "soft_tissue"
-    mask_logit_scale: float = 8.0
 
     def __post_init__(self) -> None:
         if self.checkpoint_type not in ("auto", *SAM2_PRESETS):
@@ -99,9 +87,8 @@ class Sam2Tool(PredictorTool):
         self.config = config or Sam2Config()
         self.config_name = config_name
         self.source = source
-        cache = EmbeddingCache(self.config.cache_entries, int(self.config.cache_max_mb * 2**20))
-        intensity = IntensityConfig(ct_window=self.config.ct_window)
-        self.predictor = Sam2PredictorCached(model, preprocessing, cache, intensity, self.config.device)
+        self.predictor = Sam2PredictorCached(model, preprocessing, self.config.embedding_cache(), self.config.intensity(),
+                                             self.config.device)
 
 
     def session(self, case: Case, use_previous_logits: bool = True) -> "Sam2Session":
