@@ -128,6 +128,53 @@ class PredictorTool(Tool):
         """A binary (H, W) mask on the case grid -> (1, L, L) logits for `mask_logits`."""
         return mask_to_low_res_logits(mask, self.preprocessing, self.low_res_size, self.config.mask_logit_scale)
 
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """What `Prediction.extras` says about the checkpoint (the tool's source and preprocessing)."""
+        return {"checkpoint": self.source, "preprocessing": self.preprocessing.name}
+
+    def predict_2d(
+        self,
+        case: Case,
+        boxes: Any = None,
+        points: Any = None,
+        point_labels: Any = None,
+        mask_logits: Any = None,
+        multimask: bool = False,
+    ) -> Prediction:
+        """Segment a 2D case from prompts (see the `sam` module docstring for shapes and coordinates).
+
+        Returns a Prediction with mask (H, W) uint8 (union over boxes), probabilities (2, H, W)
+        [background, foreground], logits (N, L, L) float32 low-res logits of the chosen mask per prompt
+        set (feed back as `mask_logits`), score = mean predicted IoU, and extras: "masks" (N, H, W),
+        "scores" (N,), "boxes" (N, 4) as used after clipping (or None), "cache_hit", "timings_ms",
+        `checkpoint_extras()`, and with multimask "multimask_masks" (N, 3, H, W) / "multimask_scores" (N, 3).
+        """
+        require_2d(case, self.name)
+        prompts = validate_prompts(case.shape, boxes, points, point_labels, mask_logits, self.low_res_size)
+        t0 = time.perf_counter()
+        emb, hit = self.predictor.embed(case.image, case.modality)
+        t1 = time.perf_counter()
+        full, scores, low = self.predictor.predict(emb, multimask=bool(multimask), **prompts)
+        t2 = time.perf_counter()
+        best = torch.argmax(scores, dim=1)  # (N,): with one output this is 0
+        idx = torch.arange(full.shape[0])
+        sel_full, sel_low, sel_scores = full[idx, best], low[idx, best], scores[idx, best]  # (N, H, W), ..., (N,)
+        masks = (sel_full > self.config.mask_threshold).numpy().astype(np.uint8)
+        prob = torch.sigmoid(sel_full).amax(dim=0).numpy().astype(np.float32)
+        extras: dict[str, Any] = {
+            "masks": masks,
+            "scores": sel_scores.numpy().astype(np.float32),
+            "boxes": prompts["boxes"],
+            "cache_hit": hit,
+            "timings_ms": {"encode": 1e3 * (t1 - t0), "decode": 1e3 * (t2 - t1)},
+            **self.checkpoint_extras(),
+        }
+        if multimask:
+            extras["multimask_masks"] = (full > self.config.mask_threshold).numpy().astype(np.uint8)
+            extras["multimask_scores"] = scores.numpy().astype(np.float32)
+        return Prediction(mask=masks.max(axis=0), probabilities=np.stack([1.0 - prob, prob]),
+                          logits=sel_low.numpy().astype(np.float32), score=float(sel_scores.mean()), extras=extras)
+
 
 class SamTool(PredictorTool):
     """Promptable SAM (any checkpoint) with an embedding cache. See the module docstring."""
@@ -157,58 +204,6 @@ class SamTool(PredictorTool):
         return SamSession(self, case, use_previous_logits)
 
     # -- prediction -----------------------------------------------------------------------------
-    def predict_2d(
-        self,
-        case: Case,
-        boxes: Any = None,
-        points: Any = None,
-        point_labels: Any = None,
-        mask_logits: Any = None,
-        multimask: bool = False,
-    ) -> Prediction:
-        """Segment a 2D case from prompts (see module docstring for shapes and coordinates).
-
-        Returns a Prediction with mask (H, W) uint8 (union over boxes), probabilities (2, H, W)
-        [background, foreground], logits (N, L, L) float32 low-res logits of the chosen mask per prompt
-        set (feed back as `mask_logits`), score = mean predicted IoU, and extras: "masks" (N, H, W),
-        "scores" (N,), "boxes" (N, 4) as used after clipping (or None), "cache_hit", "timings_ms", and
-        with multimask "multimask_masks" (N, 3, H, W) / "multimask_scores" (N, 3).
-        """
-        require_2d(case, self.name)
-        h, w = case.shape
-        prompts = validate_prompts((h, w), boxes, points, point_labels, mask_logits, self.low_res_size)
-        t0 = time.perf_counter()
-        emb, hit = self.predictor.embed(case.image, case.modality)
-        t1 = time.perf_counter()
-        full, scores, low = self.predictor.predict(emb, multimask=bool(multimask), **prompts)
-        t2 = time.perf_counter()
-        best = torch.argmax(scores, dim=1)  # (N,): with one output this is 0
-        idx = torch.arange(full.shape[0])
-        sel_full = full[idx, best]  # (N, H, W)
-        sel_low = low[idx, best]
-        sel_scores = scores[idx, best]
-        masks = (sel_full > self.config.mask_threshold).numpy().astype(np.uint8)
-        prob = torch.sigmoid(sel_full).amax(dim=0).numpy().astype(np.float32)
-        extras: dict[str, Any] = {
-            "masks": masks,
-            "scores": sel_scores.numpy().astype(np.float32),
-            "boxes": prompts["boxes"],
-            "cache_hit": hit,
-            "timings_ms": {"encode": 1e3 * (t1 - t0), "decode": 1e3 * (t2 - t1)},
-            "checkpoint": self.source,
-            "preprocessing": self.preprocessing.name,
-        }
-        if multimask:
-            extras["multimask_masks"] = (full > self.config.mask_threshold).numpy().astype(np.uint8)
-            extras["multimask_scores"] = scores.numpy().astype(np.float32)
-        return Prediction(
-            mask=masks.max(axis=0),
-            probabilities=np.stack([1.0 - prob, prob]),
-            logits=sel_low.numpy().astype(np.float32),
-            score=float(sel_scores.mean()),
-            extras=extras,
-        )
-
     # -- checkpoints ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: str = "float32") -> Path:
         """Write config.json (architecture, preprocessing) and model.safetensors (weights in `dtype`)."""

@@ -21,12 +21,10 @@ and preprocessing, model.safetensors; local or a Hub id `hf://owner/name[@revisi
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from medagent.data.case import Case
@@ -35,7 +33,7 @@ from medagent.tools.base import Prediction, ToolKind, require_2d
 from medagent.tools.checkpoint import (FOLDER_FILE_SUFFIXES, PICKLE_SUFFIXES, is_hub_id, load_state_strict,
                                        read_config, read_weights, resolve_checkpoint, write_checkpoint)
 from medagent.tools.sam.preprocess import Preprocessing
-from medagent.tools.sam.tool import PredictorConfig, PredictorTool, SamSession, validate_prompts
+from medagent.tools.sam.tool import PredictorConfig, PredictorTool, SamSession
 from medagent.tools.sam2.model import (INSTALL_HINT, SAM2_CONFIGS, SAM2_PRESETS, build_sam2_model, load_sam2_official,
                                        preset, require_sam2)
 from medagent.tools.sam2.predictor import Sam2PredictorCached
@@ -94,38 +92,15 @@ class Sam2Tool(PredictorTool):
     def session(self, case: Case, use_previous_logits: bool = True) -> "Sam2Session":
         return Sam2Session(self, case, use_previous_logits)
 
+    def checkpoint_extras(self) -> dict[str, Any]:
+        return {**super().checkpoint_extras(), "config": self.config_name}
+
     def predict_2d(self, case: Case, boxes: Any = None, points: Any = None, point_labels: Any = None,
                    mask_logits: Any = None, multimask: bool = False) -> Prediction:
-        """Segment a 2D case from prompts; the same inputs and outputs as `SamTool.predict_2d`."""
-        require_2d(case, self.name)
+        """`PredictorTool.predict_2d`; SAM 2 needs at least one prompt."""
         if boxes is None and points is None and mask_logits is None:
             raise ToolError("sam2 needs at least one prompt: boxes, points or mask_logits")
-        prompts = validate_prompts(case.shape, boxes, points, point_labels, mask_logits, self.low_res_size)
-        t0 = time.perf_counter()
-        emb, hit = self.predictor.embed(case.image, case.modality)
-        t1 = time.perf_counter()
-        full, scores, low = self.predictor.predict(emb, multimask=bool(multimask), **prompts)
-        t2 = time.perf_counter()
-        best = torch.argmax(scores, dim=1)
-        idx = torch.arange(full.shape[0])
-        sel_full, sel_low, sel_scores = full[idx, best], low[idx, best], scores[idx, best]
-        masks = (sel_full > self.config.mask_threshold).numpy().astype(np.uint8)
-        prob = torch.sigmoid(sel_full).amax(dim=0).numpy().astype(np.float32)
-        extras: dict[str, Any] = {
-            "masks": masks,
-            "scores": sel_scores.numpy().astype(np.float32),
-            "boxes": prompts["boxes"],
-            "cache_hit": hit,
-            "timings_ms": {"encode": 1e3 * (t1 - t0), "decode": 1e3 * (t2 - t1)},
-            "checkpoint": self.source,
-            "config": self.config_name,
-            "preprocessing": self.preprocessing.name,
-        }
-        if multimask:
-            extras["multimask_masks"] = (full > self.config.mask_threshold).numpy().astype(np.uint8)
-            extras["multimask_scores"] = scores.numpy().astype(np.float32)
-        return Prediction(mask=masks.max(axis=0), probabilities=np.stack([1.0 - prob, prob]),
-                          logits=sel_low.numpy().astype(np.float32), score=float(sel_scores.mean()), extras=extras)
+        return super().predict_2d(case, boxes, points, point_labels, mask_logits, multimask)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, dtype: str = "float32") -> Path:
