@@ -111,6 +111,15 @@ def field_help(cls: type) -> dict[str, str]:
     An entry may document several fields (`batch_size, lr, weight_decay: ...`, `a / b: ...`); continuation
     lines are indented deeper than the entries.
     """
+    helps: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):  # a base's fields (e.g. `PolicyRunCommon`) are documented there
+        if base is not object and base.__doc__:
+            helps.update(_own_field_help(base))
+    return {**helps, **_own_field_help(cls)}
+
+
+def _own_field_help(cls: type) -> dict[str, str]:
+    """`field_help` of the fields `cls`'s own docstring documents."""
     lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
     start = next((i for i, line in enumerate(lines) if line.strip().startswith("Attributes")), None)
     if start is None:

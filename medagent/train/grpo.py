@@ -34,14 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from medagent.errors import ConfigError
+from medagent.train.trl_common import PolicyRunCommon
 
 #: The process terms of the episode score logged as reward functions (`medagent.rewards.reward_terms` keys).
 TERMS = ("format", "outcome", "overshoot", "turns", "improvement")
 
 
 @dataclass
-class GRPORunConfig:
-    """One GRPO run. Defaults run a few steps of the tiny policy on a CPU.
+class GRPORunConfig(PolicyRunCommon):
+    """One GRPO run. Defaults run a few steps of the tiny policy on a CPU. LoRA, device, logging, saving and
+    resume fields: `PolicyRunCommon` (here `progress` defaults to True).
 
     Attributes:
         model: a saved VLM folder (an SFT run's `model/`, or a local Hugging Face Qwen3-VL); None builds the
@@ -62,11 +64,6 @@ class GRPORunConfig:
         beta: KL coefficient to the reference model (0: no reference model, as MedSAM-Agent trains).
         loss_type: TRL's GRPO loss ("grpo", "dapo", "dr_grpo", ...).
         term_weights: extra weight of each process term (`TERMS`) added to the episode score.
-        lora: train LoRA adapters (peft) instead of all weights; merged into `model/` at the end.
-        lora_r / lora_alpha / lora_dropout / lora_target_modules: LoRA settings (see `medagent.train.lora`).
-        device: "auto", "cpu" or "cuda" (CPU: use_cpu=True, bf16=False).
-        bf16: bf16 mixed precision; None: on CUDA when the GPU supports it (True on a CPU is an error).
-        gradient_checkpointing: on GPUs only (ignored on the CPU).
         use_vllm: generate rollouts with vLLM (TRL's `use_vllm`; needs the `[vllm]` environment, README).
         vllm_mode: "colocate" (vLLM inside every training process, sharing its GPU) or "server" (a separate
             `trl vllm-serve` process on GPUs of its own; TRL's `vllm_mode`).
@@ -74,9 +71,6 @@ class GRPORunConfig:
         vllm_tensor_parallel_size: colocate: GPUs one vLLM engine spans.
         vllm_server_base_url: server: the server's URL (e.g. "http://10.0.0.5:8000"); None: TRL's default
             host and port (0.0.0.0:8000, the same machine).
-        logging_steps / save_steps / resume / save_model / report_to / num_threads / seed / progress: as in SFT.
-        trl_kwargs: other fields of TRL's `GRPOConfig`, passed as they are (e.g. max_grad_norm,
-            vllm_enable_sleep_mode, steps_per_generation); a field this config sets itself is refused.
     """
 
     model: str | None = None
@@ -98,30 +92,15 @@ class GRPORunConfig:
     beta: float = 0.0
     loss_type: str = "grpo"
     term_weights: dict[str, float] = field(default_factory=lambda: {t: 0.0 for t in TERMS})
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: tuple[str, ...] | None = None
-    device: str = "auto"
-    bf16: bool | None = None
-    gradient_checkpointing: bool = False
     use_vllm: bool = False
     vllm_mode: str = "colocate"
     vllm_gpu_memory_utilization: float = 0.3
     vllm_tensor_parallel_size: int = 1
     vllm_server_base_url: str | None = None
-    logging_steps: int = 1
-    save_steps: int | None = None
-    resume: bool = False
-    save_model: bool = True
-    report_to: str = "none"
-    num_threads: int | None = None
-    seed: int = 0
     progress: bool = True
-    trl_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         unknown = set(self.term_weights) - set(TERMS)
         if unknown:
             raise ConfigError(f"GRPORunConfig.term_weights has unknown term(s) {sorted(unknown)}; terms: {list(TERMS)}")
@@ -134,12 +113,8 @@ class GRPORunConfig:
         if rollouts % self.num_generations:
             raise ConfigError(f"GRPORunConfig: per_device_train_batch_size x gradient_accumulation_steps = {rollouts} "
                               f"must be a multiple of num_generations = {self.num_generations}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"GRPORunConfig.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if self.max_completion_length < 16:
             raise ConfigError("GRPORunConfig.max_completion_length must be >= 16 tokens")
-        if self.lora_target_modules is not None:
-            self.lora_target_modules = tuple(self.lora_target_modules)
         if self.vllm_mode not in ("colocate", "server"):
             raise ConfigError(f"GRPORunConfig.vllm_mode must be 'colocate' or 'server', got {self.vllm_mode!r}")
         if not 0.0 < self.vllm_gpu_memory_utilization <= 1.0:

@@ -285,7 +285,6 @@ def train_refiner(config: RefinerTrainerConfig | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
 
     net_cfg = RefinerNetConfig(widths=tuple(cfg.widths), attention_blocks=cfg.attention_blocks, heads=cfg.heads,
                                diffusion=cfg.variant == "diffusion")

@@ -36,13 +36,14 @@ from typing import Any
 from medagent.agents.vlm import TinyVLMConfig, build_tiny_vlm, load_vlm
 from medagent.errors import ConfigError, DataError
 from medagent.provenance import collect_versions
-from medagent.train.trl_common import jsonable, metrics_callback
+from medagent.train.trl_common import PolicyRunCommon, jsonable, metrics_callback
 from medagent.trajectories.prompts import GroundingConfig
 
 
 @dataclass
-class SFTRunConfig:
-    """One SFT run. Defaults run on a CPU in seconds with the tiny VLM.
+class SFTRunConfig(PolicyRunCommon):
+    """One SFT run. Defaults run on a CPU in seconds with the tiny VLM. LoRA, device, logging, saving and
+    resume fields: `PolicyRunCommon`.
 
     Attributes:
         data: export folder (`medagent trajectories export --format trl`) or a single saved `datasets.Dataset`;
@@ -51,8 +52,6 @@ class SFTRunConfig:
             instruction -> add_bbox with the target's box, `medagent.trajectories.prompts`); with "grounding"
             and no `data`, the rows are drawn per `grounding` into `<run>/grounding-data` (reused on resume).
         grounding: which grounding rows to draw (stage "grounding" without `data`).
-        lora: train LoRA adapters (peft) instead of all weights; `model/` holds the merged model, `adapter/`
-            the adapters alone. lora_r / lora_alpha / lora_dropout / lora_target_modules: see `medagent.train.lora`.
         model: a saved VLM folder (`save_tiny_vlm`, an earlier run's `model/`, or a Hugging Face model saved
             locally); None builds the tiny Qwen3-VL from `tiny`.
         tiny: shape of the tiny VLM when `model` is None.
@@ -67,30 +66,11 @@ class SFTRunConfig:
         assistant_only_loss: loss on assistant turns only (tool calls and the final answer).
         max_length: truncate longer sequences (tokens); None keeps them whole, which is safest with images
             (truncation inside an image's tokens breaks the batch).
-        device: "auto" (CUDA when available), "cpu" or "cuda". On the CPU: use_cpu=True, bf16=False,
-            gradient_checkpointing=False.
-        bf16: bf16 mixed precision; None: on CUDA when the GPU supports it (True on a CPU is an error).
-        gradient_checkpointing: on GPUs only (ignored on the CPU).
-        logging_steps: log every this many steps (to metrics.jsonl).
-        save_steps: write a trainer checkpoint every this many steps (None: only the final model).
-        resume: continue from the last checkpoint in `output_dir/checkpoints`.
-        save_model: save the final model + processor into `output_dir/model`.
-        report_to: "none", "tensorboard" or "wandb".
-        num_threads: torch CPU threads (None leaves torch's setting).
-        seed: seed of data order and initialisation.
-        progress: show a rich progress bar (loss) while training.
-        trl_kwargs: other fields of TRL's `SFTConfig`, passed as they are (e.g. max_grad_norm, optim,
-            save_total_limit, gradient_checkpointing_kwargs); a field this config sets itself is refused.
     """
 
     data: str | list[str] = ""
     stage: str = "trajectories"
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: tuple[str, ...] | None = None
     model: str | None = None
     tiny: TinyVLMConfig = field(default_factory=TinyVLMConfig)
     output_dir: str | None = None
@@ -106,20 +86,9 @@ class SFTRunConfig:
     weight_decay: float = 0.0
     assistant_only_loss: bool = True
     max_length: int | None = None
-    device: str = "auto"
-    bf16: bool | None = None
-    gradient_checkpointing: bool = False
-    logging_steps: int = 1
-    save_steps: int | None = None
-    resume: bool = False
-    save_model: bool = True
-    report_to: str = "none"
-    num_threads: int | None = None
-    seed: int = 0
-    progress: bool = False
-    trl_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.tiny, dict):
             self.tiny = TinyVLMConfig(**self.tiny)
         if isinstance(self.grounding, dict):
@@ -131,16 +100,10 @@ class SFTRunConfig:
             raise ConfigError(f"SFTRunConfig.stage must be 'trajectories' or 'grounding', got {self.stage!r}")
         if not self.data and self.stage != "grounding":
             raise ConfigError("SFTRunConfig.data must name an export folder (medagent trajectories export --format trl)")
-        if self.lora_target_modules is not None and not isinstance(self.lora_target_modules, str):
-            self.lora_target_modules = tuple(self.lora_target_modules)
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"SFTRunConfig.max_steps must be > 0 or -1, got {self.max_steps}")
         if self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ConfigError("SFTRunConfig batch size and gradient_accumulation_steps must be >= 1")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"SFTRunConfig.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        if self.report_to not in ("none", "tensorboard", "wandb"):
-            raise ConfigError(f"SFTRunConfig.report_to must be none, tensorboard or wandb, got {self.report_to!r}")
         if self.max_length is not None and self.max_length < 16:
             raise ConfigError(f"SFTRunConfig.max_length must be None or >= 16, got {self.max_length}")
 

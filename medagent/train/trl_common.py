@@ -1,14 +1,68 @@
-"""What SFT and GRPO runs share: TrainingArguments fields (device flags safe on a CPU, run bookkeeping, extra
+"""What SFT and GRPO runs share: the run-config fields of `PolicyRunCommon`, TrainingArguments fields (device flags safe on a CPU, run bookkeeping, extra
 TRL fields), strict JSON of a config, the callback that writes metrics.jsonl, and saving the final policy from
 one process or many (`accelerate launch`: DDP, FSDP, DeepSpeed)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medagent.errors import ConfigError
+
+
+@dataclass
+class PolicyRunCommon:
+    """The fields `SFTRunConfig` and `GRPORunConfig` share: LoRA, device and precision, logging, saving, resume.
+
+    Attributes:
+        lora: train LoRA adapters (peft) instead of all weights; `model/` holds the merged model, `adapter/`
+            the adapters alone.
+        lora_r / lora_alpha / lora_dropout / lora_target_modules: LoRA rank, scale, dropout and target modules
+            (None: `medagent.train.lora.LANGUAGE_TARGETS`; "all" adds the vision tower).
+        device: "auto" (CUDA when available), "cpu" or "cuda". On the CPU: use_cpu=True, bf16=False,
+            gradient_checkpointing=False.
+        bf16: bf16 mixed precision; None: on CUDA when the GPU supports it (True on a CPU is an error).
+        gradient_checkpointing: on GPUs only (ignored on the CPU).
+        logging_steps: log every this many steps (to metrics.jsonl).
+        save_steps: write a trainer checkpoint every this many steps (None: only the final model).
+        resume: continue from the last checkpoint in `output_dir/checkpoints`, step-exactly.
+        save_model: save the final model + processor into `output_dir/model`.
+        report_to: "none", "tensorboard" or "wandb".
+        num_threads: torch CPU threads (None leaves torch's setting).
+        seed: seed of data order, sampling and initialisation.
+        progress: show a rich progress bar (loss; GRPO: reward and Dice) while training.
+        trl_kwargs: other fields of TRL's `SFTConfig` / `GRPOConfig`, passed as they are (e.g. max_grad_norm,
+            optim, save_total_limit, steps_per_generation); a field the run config sets itself is refused.
+    """
+
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] | None = None
+    device: str = "auto"
+    bf16: bool | None = None
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    save_steps: int | None = None
+    resume: bool = False
+    save_model: bool = True
+    report_to: str = "none"
+    num_threads: int | None = None
+    seed: int = 0
+    progress: bool = False
+    trl_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if self.lora_target_modules is not None and not isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = tuple(self.lora_target_modules)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"{name}.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.report_to not in ("none", "tensorboard", "wandb"):
+            raise ConfigError(f"{name}.report_to must be none, tensorboard or wandb, got {self.report_to!r}")
 
 
 def common_trl_fields(config: Any, gradient_checkpointing: bool = False, *, cuda: bool | None = None,
