@@ -1,0 +1,110 @@
+"""The numbers behind the `ranked-regions` rule (medagent.agents.regions): how often it makes the choice the
+ground-truth-reading `expert-regions` makes, and what its single-target rule (keep the automatic mask) is worth.
+
+    python bench/bench_region_rules.py              # 80 training episodes, 40 test episodes per dataset
+    python bench/bench_region_rules.py --quick      # 16 / 8
+
+Part 1 (agreement), mni-lesion training split: after `auto_segment`, both agents choose between keeping the
+mask and prompting SAM with one listed region's box; they agree when they keep the mask both or pick the same
+box. The policy imitates `ranked-regions`, so its agreement with the GT-choosing reference bounds what
+imitation of a GT-free rule can give.
+
+Part 2 (the single-target rule), test splits of mni-lesion and ct-phantom, the same episodes for both rules:
+`ranked-regions` keeps the automatic mask when the instruction names one target; the variant prompts SAM with
+the box of the largest listed region instead. Final Dice, mean over the episodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from medagent.agents.regions import RankedRegionsAgent, RegionExpertAgent, instruction_rank_and_count  # noqa: E402
+from medagent.envs import InteractiveSegEnv, parse_message  # noqa: E402
+from medagent.envs.regions import region_boxes  # noqa: E402
+
+
+class BoxSingleTargetAgent(RankedRegionsAgent):
+    """`ranked-regions`, except that an instruction naming one target prompts SAM with the largest listed region."""
+
+    name = "ranked-regions-box-single"
+
+    def choose(self, ep: Any) -> str:
+        from medagent.envs import format_call
+
+        regions = region_boxes(ep.mask, ep.config.region_min_area)[: ep.config.max_regions]
+        if regions and instruction_rank_and_count(ep.target.instruction)[1] == 1:
+            largest = max(range(len(regions)), key=lambda i: regions[i][1])
+            return format_call("select_region", {"region": largest + 1})
+        return super().choose(ep)
+
+
+def chosen_box(message: str, ep: Any) -> list[int] | None:
+    """The box a region agent's second message prompts SAM with (None: it keeps the mask)."""
+    call = parse_message(message).calls[0]
+    if call.name == "add_bbox":
+        return list(call.arguments["bbox_2d"])
+    if call.name == "select_region":
+        regions = region_boxes(ep.mask, ep.config.region_min_area)[: ep.config.max_regions]
+        return regions[call.arguments["region"] - 1][0]
+    return None
+
+
+def agreement(episodes: int, seed: int, image_size: int) -> tuple[int, int, int]:
+    """(agreeing episodes, episodes, episodes with more than one target) on the mni-lesion training split."""
+    env = InteractiveSegEnv(dataset="mni-lesion", split="train", image_size=image_size)
+    ranked, expert = RankedRegionsAgent(), RegionExpertAgent()
+    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(episodes)]
+    agree = several = 0
+    for episode_seed in seeds:
+        obs, _ = env.reset(seed=episode_seed)
+        env.step(ranked.act(obs, env))  # auto_segment: the same first call for both
+        ep = env.unwrapped.episode
+        several += instruction_rank_and_count(ep.target.instruction)[1] > 1
+        agree += chosen_box(ranked.choose(ep), ep) == chosen_box(expert.choose(ep), ep)
+    env.close()
+    return agree, episodes, several
+
+
+def single_target_rule(dataset: str, episodes: int, seed: int, image_size: int) -> tuple[float, float]:
+    """Mean final Dice of (ranked-regions, the box-single-target variant) on the same test episodes."""
+    from medagent.eval.agent_eval import evaluate_agents
+
+    df = evaluate_agents({"dataset": dataset, "split": "test", "image_size": image_size},
+                         [RankedRegionsAgent(), BoxSingleTargetAgent()], episodes=episodes, seed=seed)
+    means = df.groupby("agent")["dice"].mean()
+    return float(means["ranked-regions"]), float(means["ranked-regions-box-single"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="16 training and 8 test episodes")
+    parser.add_argument("--train-episodes", type=int, default=80)
+    parser.add_argument("--test-episodes", type=int, default=40)
+    parser.add_argument("--image-size", type=int, default=128, help="the shipped policy's image side")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.quick:
+        args.train_episodes, args.test_episodes = 16, 8
+
+    agree, n, several = agreement(args.train_episodes, args.seed, args.image_size)
+    print("\n## ranked-regions vs expert-regions (mni-lesion train split, the same state after auto_segment)\n")
+    print("| episodes | of them with several targets | same choice | agreement |")
+    print("|---|---|---|---|")
+    print(f"| {n} | {several} | {agree} | {100.0 * agree / n:.1f}% |")
+
+    print(f"\n## Single-target rule ({args.test_episodes} test episodes per dataset, final Dice)\n")
+    print("| dataset | keep the automatic mask (ranked-regions) | box of the largest region |")
+    print("|---|---|---|")
+    for dataset in ("mni-lesion", "ct-phantom"):
+        keep, box = single_target_rule(dataset, args.test_episodes, args.seed, args.image_size)
+        print(f"| {dataset} | {keep:.3f} | {box:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
