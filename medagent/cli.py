@@ -45,7 +45,10 @@ def _console():
 
 
 def _fail(message: str) -> None:
-    _console().print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    # escaped: a message quoting values such as [null] or [1, 2] must print as written, not as rich markup
+    _console().print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code=2)
 
 
