@@ -241,6 +241,19 @@ def _parse_clicks(args: List[str]) -> List[Tuple[Tuple[int, int], int]]:
 
 
 # ---------------------------------------------------------------------------------------------- eval
+def _announce_run(resume: Optional[Path], units: str):
+    """The evaluators' `on_run`: print the run folder as soon as it exists, so a killed run can be resumed."""
+    def on_run(path: Path) -> None:
+        if resume is None:
+            _console().print(f"run folder: {path} (if interrupted, rerun the same command with --resume {path})")
+        else:
+            from medagent.eval.resume import PARTIAL_NAME, UnitLog
+
+            _console().print(f"resuming {path}: {len(UnitLog(path / PARTIAL_NAME))} finished {units} read back")
+
+    return on_run
+
+
 @eval_app.command("tool")
 def eval_tool(
     name: str = typer.Argument(..., help="Tool name."),
@@ -255,6 +268,9 @@ def eval_tool(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable files and list them in the results."),
     seed: int = typer.Option(0, help="Seed (bootstrap, prompts)."),
     runs_dir: Path = typer.Option(Path("medagent-runs"), help="Where run folders go."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_FOLDER",
+                                          help="Continue this interrupted run folder (rerun the same command with "
+                                               "--resume added): finished cases are read back, not recomputed."),
 ) -> None:
     """Score a tool on a dataset: per-case Dice/IoU/HD95/NSD/ASSD and means with 95% bootstrap CIs."""
     from medagent.data.sources import open_dataset
@@ -267,7 +283,8 @@ def eval_tool(
                           skip_bad=skip_bad, seed=seed)
         results = run_tool_eval(name, ds, split=split, prompt=prompt, checkpoint=checkpoint, max_cases=max_cases,
                                 json_out=json_out, run_root=runs_dir, seed=seed,
-                                tool_config={"dataset": dataset} if dataset else {})
+                                tool_config={"dataset": dataset} if dataset else {}, resume=resume,
+                                on_run=_announce_run(resume, "cases"))
         _console().print(f"results: {results}")
         _console().print(f"report: {results.parent / 'report.html'}")
 
@@ -289,6 +306,9 @@ def eval_interactive(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also copy results JSON here."),
     seed: int = typer.Option(0, help="Seed (object draw, click tie-breaks, bootstrap)."),
     runs_dir: Path = typer.Option(Path("medagent-runs"), help="Where run folders go."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_FOLDER",
+                                          help="Continue this interrupted run folder (rerun the same command with "
+                                               "--resume added): finished objects are read back, not recomputed."),
 ) -> None:
     """The interactive protocol: a box, then simulated corrective clicks; Dice/NSD per step, AUCs, NoC@85/90.
 
@@ -305,7 +325,8 @@ def eval_interactive(
         report = evaluate_interactive(name, dataset=names, data_dir=data, split=split, clicks=clicks, box=not no_box,
                                       max_objects=max_objects, min_area=min_area, seed=seed, checkpoint=checkpoint,
                                       use_previous_logits=not no_logits, run_root=runs_dir, json_out=json_out,
-                                      progress=_console().is_terminal)
+                                      progress=_console().is_terminal, resume=resume,
+                                      on_run=_announce_run(resume, "objects"))
         mode = "click-only" if no_box else "box"
         title = f"{name}: {mode} + {clicks} clicks on {split} (mean, 95% CI below; NoC up to 20 clicks)"
         _console().print(interactive_table(report, title=title))
@@ -796,6 +817,9 @@ def eval_agent(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also copy results JSON here."),
     seed: int = typer.Option(0, help="Seed."),
     runs_dir: Path = typer.Option(Path("medagent-runs"), help="Where run folders go."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_FOLDER",
+                                          help="Continue this interrupted run folder (rerun the same command with "
+                                               "--resume added): finished episodes are read back, not recomputed."),
 ) -> None:
     """Score agents in the environment on the same episodes: Dice, IoU, turns, episode score (95% CIs).
 
@@ -810,7 +834,8 @@ def eval_agent(
         kwargs["policy"] = {"policy": policy}
         path, df = run_agent_eval(_env_settings(dataset, data, split, max_turns, image_size), names, episodes=episodes,
                                   seed=seed, agent_kwargs=kwargs, json_out=str(json_out) if json_out else None,
-                                  run_root=str(runs_dir), record_turns=record_turns)
+                                  run_root=str(runs_dir), record_turns=record_turns, resume=resume,
+                                  on_run=_announce_run(resume, "episodes"))
         _console().print(agents_table(df, title="Agents on the same episodes (reads GT = oracle, not a policy)"))
         _console().print(f"results: {path}")
         _console().print(f"report: {path.parent / 'report.html'}")

@@ -14,16 +14,60 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from medagent.errors import ConfigError
+from medagent.eval.progress import UnitProgress
+from medagent.eval.resume import PARTIAL_NAME, UnitLog, open_run, roundtrip, seed_torch
+
+
+def _agent(entry: Any, agent_kwargs: dict[str, dict[str, Any]] | None) -> tuple[str, Any]:
+    """(name, Agent) of an `evaluate_agents` entry: an `Agent` object, or a name for `make_agent`."""
+    from medagent.agents import Agent, make_agent
+
+    if isinstance(entry, Agent):
+        return str(entry.name), entry
+    name = str(entry)
+    kwargs = dict((agent_kwargs or {}).get(name, {}))
+    return name, make_agent(kwargs.pop("agent", name), **kwargs)
+
+
+def _play(env: Any, agent: Any, name: str, index: int, episode_seed: int, record: bool) -> dict[str, Any]:
+    """One episode, the unit of an agent evaluation: {"row": the table's row, "recording": the turn-by-turn
+    record (`medagent.eval.recording`, PNGs as base64) or None}."""
+    from medagent.agents import run_episode
+    from medagent.eval.recording import record_episode, recording_to_json
+
+    start = time.perf_counter()
+    result = run_episode(env, agent, seed=episode_seed)
+    seconds = time.perf_counter() - start
+    episode = env.unwrapped.episode
+    records = episode.trace.calls
+    row = {
+        "agent": name, "dataset": env.dataset.info.name,
+        "modality": episode.case.modality or env.dataset.info.modality, "episode": index, "case_id": episode.case.id,
+        "subject": episode.case.subject,
+        "instruction": result.reset_info.get("instruction") or (result.steps[0].observation["instruction"] if result.steps else ""),
+        "dice": result.dice, "iou": result.iou, "turns": result.turns, "episode_score": result.score,
+        "oracle": bool(getattr(agent, "uses_ground_truth", False)),
+        "calls": len(records), "invalid": sum(r.outcome == "invalid" for r in records),
+        "failed": sum(r.outcome == "failed" for r in records), "format_failed": bool(episode.trace.format_failed),
+        "tool_counts": json.dumps(dict(Counter(r.name or "?" for r in records)), sort_keys=True),
+        "errors": json.dumps([line.split(" -> ", 1)[-1] for r, line in zip(records, episode.history)
+                              if r.outcome in ("invalid", "failed")]),
+        "dice_per_turn": json.dumps([round(float(r.dice), 6) for r in records]),
+        "seconds": seconds,
+    }
+    recording = recording_to_json(record_episode(env, result, name, index)) if record else None
+    return {"row": row, "recording": recording}
 
 
 def evaluate_agents(env_settings: dict[str, Any], agents: list[Any], episodes: int = 20, seed: int = 0,
                     agent_kwargs: dict[str, dict[str, Any]] | None = None, tools: dict[str, Any] | None = None,
-                    record_turns: int = 0, record_dir: str | Path | None = None) -> Any:
+                    record_turns: int = 0, record_dir: str | Path | None = None, progress: bool = True,
+                    partial: str | Path | None = None) -> Any:
     """One row per (agent, episode): dataset, modality, case, subject, instruction, dice, iou, turns, episode_score,
     oracle, calls, invalid (calls the parser or validator rejected), failed (tool errors), format_failed (the
     episode ended on a message with no parseable call), tool_counts (JSON: tool name -> calls), errors (JSON: the
@@ -34,57 +78,55 @@ def evaluate_agents(env_settings: dict[str, Any], agents: list[Any], episodes: i
         env_settings: `EnvConfig` fields (dataset, split, image_size, max_turns, ...).
         agents: agent names (`medagent.agents.make_agent`) or `Agent` objects (named by their `name`).
         episodes: episodes per agent.
-        seed: base seed; episode i uses the same seed for every agent.
+        seed: base seed; episode i uses the same seed for every agent, a function of (seed, i) only (so an
+            episode does not depend on the ones played before it, and a resumed run plays it identically).
         agent_kwargs: per-agent keyword arguments (e.g. {"vlm": {"model": "..."}}); an entry's "agent" key makes
             the name a label for another agent (e.g. {"sft": {"agent": "policy", "policy": "runs/sft/model"}}).
         tools: tool objects to use instead of the registry (see `InteractiveSegEnv(tools=...)`).
         record_turns: keep the first `record_turns` episodes of every agent turn by turn (the image after each
             call, the call, its answer, reward terms; `medagent.eval.recording`) for the report's trajectory viewer.
         record_dir: where those go (``<record_dir>/episodes/``); required when `record_turns` > 0.
+        progress: show a progress bar with the agent's running mean Dice and an ETA (only on a terminal).
+        partial: a JSONL file that records each finished episode (`medagent.eval.resume.UnitLog`, unit
+            "<agent>/<episode>"); episodes already in it are not played again, and an agent whose episodes
+            are all there is not even built.
     """
     import pandas as pd
 
-    from medagent.agents import Agent, make_agent, run_episode
+    from medagent.agents import Agent
     from medagent.envs import InteractiveSegEnv
-    from medagent.eval.recording import record_episode, write_recordings
+    from medagent.eval.recording import recording_from_json, write_recordings
 
     if record_turns < 0:
         raise ConfigError(f"record_turns must be >= 0, got {record_turns}")
     if record_turns and record_dir is None:
         raise ConfigError("record_turns needs record_dir (the folder that receives episodes/)")
     env = InteractiveSegEnv(tools=tools, **env_settings)
+    # SeedSequence(seed).generate_state(n)[i] is the same for every n >= i + 1: episode i's seed is (seed, i)'s
     seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(episodes)]
+    log = UnitLog(partial) if partial is not None else None
     rows, recorded = [], []
-    for entry in agents:
-        if isinstance(entry, Agent):
-            name, agent = str(entry.name), entry
-        else:
-            name = str(entry)
-            kwargs = dict((agent_kwargs or {}).get(name, {}))
-            agent = make_agent(kwargs.pop("agent", name), **kwargs)
-        for index, episode_seed in enumerate(seeds):
-            start = time.perf_counter()
-            result = run_episode(env, agent, seed=episode_seed)
-            seconds = time.perf_counter() - start
-            episode = env.unwrapped.episode
-            records = episode.trace.calls
-            if index < record_turns:
-                recorded.append(record_episode(env, result, name, index))
-            rows.append({
-                "agent": name, "dataset": env.dataset.info.name,
-                "modality": episode.case.modality or env.dataset.info.modality, "episode": index, "case_id": episode.case.id,
-                "subject": episode.case.subject,
-                "instruction": result.reset_info.get("instruction") or (result.steps[0].observation["instruction"] if result.steps else ""),
-                "dice": result.dice, "iou": result.iou, "turns": result.turns, "episode_score": result.score,
-                "oracle": bool(getattr(agent, "uses_ground_truth", False)),
-                "calls": len(records), "invalid": sum(r.outcome == "invalid" for r in records),
-                "failed": sum(r.outcome == "failed" for r in records), "format_failed": bool(episode.trace.format_failed),
-                "tool_counts": json.dumps(dict(Counter(r.name or "?" for r in records)), sort_keys=True),
-                "errors": json.dumps([line.split(" -> ", 1)[-1] for r, line in zip(records, episode.history)
-                                      if r.outcome in ("invalid", "failed")]),
-                "dice_per_turn": json.dumps([round(float(r.dice), 6) for r in records]),
-                "seconds": seconds,
-            })
+    with UnitProgress("eval agents", total=len(agents) * episodes, figure="Dice", enabled=progress) as bar:
+        for entry in agents:
+            name = str(entry.name) if isinstance(entry, Agent) else str(entry)
+            bar.reset_mean(f"eval agent {name}")
+            agent = None  # built at its first episode still to play: a resumed run may not need it at all
+            for index, episode_seed in enumerate(seeds):
+                key = f"{name}/{index}"
+                record = log.get(key) if log is not None else None
+                if record is None:
+                    if agent is None:
+                        name, agent = _agent(entry, agent_kwargs)
+                    seed_torch(seed, index)  # tools drawing from torch's global generator: same per episode
+                    record = roundtrip(_play(env, agent, name, index, episode_seed, record=index < record_turns))
+                    if log is not None:
+                        log.add(key, record)
+                    bar.advance(record["row"]["dice"])
+                else:
+                    bar.restored(record["row"]["dice"])
+                rows.append(record["row"])
+                if record["recording"] is not None:
+                    recorded.append(recording_from_json(record["recording"]))
     env.close()
     if recorded:
         write_recordings(record_dir, recorded)
@@ -122,31 +164,51 @@ def agents_table(df: Any, title: str | None = None) -> Any:
     return table
 
 
+def _env_config(env_settings: dict[str, Any]) -> dict[str, Any]:
+    """The env settings as config.json stores them: plain values, a `Dataset` object by its name."""
+    out = {}
+    for key, value in env_settings.items():
+        if isinstance(value, (str, int, float, bool, type(None))):
+            out[key] = value
+        elif getattr(getattr(value, "info", None), "name", None) is not None:  # a Dataset: its repr holds an address
+            out[key] = f"dataset {value.info.name}"
+    return out
+
+
 def run_agent_eval(env_settings: dict[str, Any], agents: list[Any], episodes: int = 20, seed: int = 0,
                    agent_kwargs: dict[str, dict[str, Any]] | None = None, json_out: str | None = None,
                    run_root: str | Path = "medagent-runs", record_turns: int = 2,
-                   tools: dict[str, Any] | None = None) -> tuple[Any, Any]:
+                   tools: dict[str, Any] | None = None, progress: bool = True, resume: str | Path | None = None,
+                   on_run: Callable[[Path], None] | None = None) -> tuple[Any, Any]:
     """`evaluate_agents` plus a run folder: cases.parquet, results.json (summary per agent with bootstrap CIs),
     the first `record_turns` episodes of every agent turn by turn (episodes/) and report.html
     (`medagent.eval.report`, with their trajectory viewer).
 
+    Finished episodes are recorded in the run folder's partial.jsonl while the run goes (removed once
+    results.json is written); `resume` (the run folder of an interrupted agent evaluation with the same
+    settings, `medagent.eval.resume.open_run`) continues it: its finished episodes are read back, not played
+    again, and the results equal an uninterrupted run's. `on_run(run_folder)` is called once the folder
+    exists (the CLI prints it, so a killed run can be resumed). Injected `tools` are not part of the saved
+    settings: resume with the same ones.
+
     Returns (results.json path, per-episode DataFrame); the report is ``report.html`` beside results.json.
     """
-
-    from medagent.eval.results import summarize
-    from medagent.eval.runs import RunFolder
-
     from medagent.eval.report import write_report
+    from medagent.eval.results import summarize
 
     names = [str(getattr(a, "name", a)) for a in agents]
-    config = {"env": {k: v for k, v in env_settings.items() if isinstance(v, (str, int, float, bool, type(None)))},
-              "agents": names, "episodes": episodes, "record_turns": record_turns}
-    run = RunFolder.create("eval-agent", config=config, seed=seed, root=run_root)
+    config = {"env": _env_config(env_settings), "agents": names, "episodes": episodes, "record_turns": record_turns,
+              "agent_kwargs": {n: (agent_kwargs or {})[n] for n in names if n in (agent_kwargs or {})}}
+    run = open_run("eval-agent", config, seed, root=run_root, resume=resume)
+    if on_run is not None:
+        on_run(run.path)
     df = evaluate_agents(env_settings, agents, episodes=episodes, seed=seed, agent_kwargs=agent_kwargs, tools=tools,
-                         record_turns=min(record_turns, episodes), record_dir=run.path)
+                         record_turns=min(record_turns, episodes), record_dir=run.path, progress=progress,
+                         partial=run.file(PARTIAL_NAME))
     table = df.rename(columns={"agent": "method"}).assign(class_index=0, class_name="episode target")
     summary = summarize(table, seed=seed, metrics=["dice", "iou", "turns", "episode_score"])
     path = run.write_results(summary, cases=table)
+    run.file(PARTIAL_NAME).unlink(missing_ok=True)  # cases.parquet and episodes/ now hold every episode
     write_report(run.path)
     if json_out:
         from medagent.eval.results import copy_results

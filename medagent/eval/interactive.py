@@ -33,7 +33,8 @@ for the number of clicks; `docs/evaluation.md` has the details and where this de
 The run folder (``<run_root>/eval-interactive-<time>/``) holds config.json, versions.json, metrics.jsonl,
 results.json (protocol, summaries, curves), cases.parquet (one row per object per step),
 objects.parquet (one row per object: its curve and summary metrics) and report.html (`medagent.eval.report`:
-the tables, Dice / NSD vs click curves, Dice distributions).
+the tables, Dice / NSD vs click curves, Dice distributions). While it runs, partial.jsonl holds one line per
+finished object, so `resume=` (CLI `--resume RUN_FOLDER`) continues a killed run (`medagent.eval.resume`).
 """
 
 from __future__ import annotations
@@ -41,11 +42,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -53,8 +53,9 @@ from medagent.data.case import Case
 from medagent.data.dataset import Dataset
 from medagent.errors import ConfigError, MedagentError
 from medagent.eval.results import CASE_COLUMNS, bootstrap_ci, copy_results, summarize
+from medagent.eval.progress import UnitProgress
 from medagent.eval.report import write_report
-from medagent.eval.runs import RunFolder
+from medagent.eval.resume import PARTIAL_NAME, UnitLog, open_run, refuse_stateful, roundtrip, seed_torch
 from medagent.metrics import binary_metrics
 from medagent.provenance import write_json
 from medagent.tools.base import Prediction, Tool
@@ -284,48 +285,73 @@ def _targets(cases: Any, min_area: int, max_objects: int | None, seed: int,
     return [found[k] for k in keep]
 
 
+def _object_unit(tool: Tool, ds: Dataset, case: Case, i: int, j: int, target: np.ndarray, *, clicks: int, box: bool,
+                 seed: int, thresholds: tuple[float, ...], noc_steps: int, noc_max_clicks: int, tolerance_mm: float,
+                 use_previous_logits: bool) -> dict[str, Any]:
+    """One object, the unit of the interactive protocol: {"steps": [step rows], "object": its row or None,
+    "skipped": [{"path", "reason"}] (the tool could not take it)}."""
+    class_index, class_name = _object_class(case, target)
+    base = {"method": tool.name, "dataset": ds.info.name, "case_id": case.id, "subject": case.subject or case.id,
+            "class_index": class_index, "class_name": class_name, "modality": case.modality or ds.info.modality,
+            "object_index": j, "object_id": f"{case.id}#{j}", "object_voxels": int(target.sum())}
+    rng = np.random.default_rng((seed, i, j))  # same object, same clicks, whatever else is sampled
+    seed_torch(seed, i, j)  # and the same torch draws for stochastic tools, whichever objects ran before
+    try:
+        records = _run_object(tool, case, target, clicks=clicks, box=box, noc_steps=noc_steps,
+                              stop_iou=max(thresholds), tolerance_mm=tolerance_mm, rng=rng,
+                              use_previous_logits=use_previous_logits)
+    except MedagentError as exc:  # a tool that cannot take this object: record it, go on
+        return {"steps": [], "object": None,
+                "skipped": [{"path": base["object_id"], "reason": f"{type(exc).__name__}: {exc}"}]}
+    summary = object_metrics(records, clicks, box, thresholds, noc_max_clicks)
+    n_slices = 1 if case.ndim == 2 else int(np.count_nonzero(np.any(target, axis=tuple(
+        a for a in range(3) if a != case.default_slice_axis()))))
+    return {"steps": [{**base, **r, "in_curve": r["step"] <= clicks} for r in records],
+            "object": {**base, **summary, "n_steps": len(records), "n_slices": n_slices,
+                       "time_s": float(sum(r["time_s"] for r in records))},
+            "skipped": []}
+
+
 def _evaluate_dataset(tool: Tool, ds: Dataset, split: str, *, clicks: int, box: bool, max_objects: int | None,
                       min_area: int, seed: int, thresholds: tuple[float, ...], noc_max_clicks: int,
                       tolerance_mm: float, use_previous_logits: bool, progress: bool,
-                      skipped: list[dict[str, str]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from rich.progress import track
-
+                      skipped: list[dict[str, str]], log: UnitLog | None = None,
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Step rows and object rows of one dataset's chosen objects; objects already in `log` (unit
+    "<dataset>/<case index>/<object index>") are read back, the others run and appended to it."""
     cases = ds.cases(split)
     chosen = _targets(cases, min_area, max_objects, seed, skipped)
     by_case: dict[int, list[int]] = {}
     for i, j in chosen:
         by_case.setdefault(i, []).append(j)
-    modality = ds.info.modality
     step_rows: list[dict[str, Any]] = []
     object_rows: list[dict[str, Any]] = []
     # the NoC budget in steps: with a box, 20 clicks after it; click-only, clicks 1..20
     noc_steps = noc_max_clicks
-    items = list(by_case.items())
     description = f"interactive {tool.name} on {ds.info.name}/{split}"
-    steps = track(items, description=description, transient=True) if progress else items
-    for i, wanted in steps:
-        case = cases[i]
-        objects = list(iter_objects(case, min_area))
-        for j in wanted:
-            target = objects[j]
-            class_index, class_name = _object_class(case, target)
-            base = {"method": tool.name, "dataset": ds.info.name, "case_id": case.id, "subject": case.subject or case.id,
-                    "class_index": class_index, "class_name": class_name, "modality": case.modality or modality,
-                    "object_index": j, "object_id": f"{case.id}#{j}", "object_voxels": int(target.sum())}
-            rng = np.random.default_rng((seed, i, j))  # same object, same clicks, whatever else is sampled
-            try:
-                records = _run_object(tool, case, target, clicks=clicks, box=box, noc_steps=noc_steps,
-                                      stop_iou=max(thresholds), tolerance_mm=tolerance_mm, rng=rng,
-                                      use_previous_logits=use_previous_logits)
-            except MedagentError as exc:  # a tool that cannot take this object: record it, go on
-                skipped.append({"path": base["object_id"], "reason": f"{type(exc).__name__}: {exc}"})
-                continue
-            step_rows += [{**base, **r, "in_curve": r["step"] <= clicks} for r in records]
-            summary = object_metrics(records, clicks, box, thresholds, noc_max_clicks)
-            n_slices = 1 if case.ndim == 2 else int(np.count_nonzero(np.any(target, axis=tuple(
-                a for a in range(3) if a != case.default_slice_axis()))))
-            object_rows.append({**base, **summary, "n_steps": len(records), "n_slices": n_slices,
-                                "time_s": float(sum(r["time_s"] for r in records))})
+    with UnitProgress(description, total=len(chosen), figure="final Dice", enabled=progress) as bar:
+        for i, wanted in by_case.items():
+            keys = {j: f"{ds.info.name}/{i}/{j}" for j in wanted}
+            pending = [j for j in wanted if log is None or keys[j] not in log]
+            case = cases[i] if pending else None  # a case whose objects are all finished is not even loaded
+            objects = list(iter_objects(case, min_area)) if pending else []
+            for j in wanted:
+                record = log.get(keys[j]) if log is not None else None
+                if record is None:
+                    record = roundtrip(_object_unit(
+                        tool, ds, case, i, j, objects[j], clicks=clicks, box=box, seed=seed, thresholds=thresholds,
+                        noc_steps=noc_steps, noc_max_clicks=noc_max_clicks, tolerance_mm=tolerance_mm,
+                        use_previous_logits=use_previous_logits))
+                    if log is not None:
+                        log.add(keys[j], record)
+                    report = bar.advance
+                else:
+                    report = bar.restored
+                step_rows += record["steps"]
+                skipped += record["skipped"]
+                if record["object"] is not None:
+                    object_rows.append(record["object"])
+                report(record["object"]["final_dice"] if record["object"] is not None else None)
     return step_rows, object_rows
 
 
@@ -430,6 +456,8 @@ def evaluate_interactive(
     run_root: str | Path = "medagent-runs",
     json_out: str | Path | None = None,
     progress: bool = True,
+    resume: str | Path | None = None,
+    on_run: Callable[[Path], None] | None = None,
 ) -> InteractiveReport:
     """Run the interactive protocol (module docstring) with a promptable tool and write a run folder.
 
@@ -444,13 +472,18 @@ def evaluate_interactive(
         box: start from the tight box (step 0); False is the click-only variant.
         max_objects: at most this many objects per dataset, drawn with `seed`.
         min_area: smallest object, in pixels (voxels in 3D).
-        seed: object sampling, click tie-breaks and, when torch is loaded, `torch.manual_seed`.
+        seed: object sampling, click tie-breaks and, when torch is loaded, `torch.manual_seed` (per object, from
+            (seed, case index, object index), so an object does not depend on those evaluated before it).
         tolerance_mm: NSD tolerance (2 mm, the challenge's).
         noc_thresholds, noc_max_clicks: NoC's IoU thresholds and click budget (0.85, 0.90; 20).
         use_previous_logits: send the tool's previous logits with every prompt (the session default).
         n_resamples: bootstrap resamples.
         run_root: where the run folder goes; json_out: also copy results.json here.
-        progress: show a progress bar.
+        progress: show a progress bar with the running mean final Dice and an ETA (only on a terminal).
+        resume: the run folder of an interrupted evaluation with the same settings (`medagent.eval.resume.open_run`)
+            to continue: the objects in its partial.jsonl (one line per finished object, removed once results.json
+            is written) are read back, not run again, and the results equal an uninterrupted run's.
+        on_run: called with the run folder once it exists (the CLI prints it, so a killed run can be resumed).
     Returns:
         `InteractiveReport`.
     """
@@ -477,9 +510,6 @@ def evaluate_interactive(
                           f"accepts {sorted(tool_obj.inputs) or 'no inputs'}")
     if box and "boxes" not in tool_obj.inputs:
         raise ConfigError(f"tool {tool_obj.name!r} takes no boxes: run the click-only variant (box=False)")
-    if "torch" in sys.modules:
-        sys.modules["torch"].manual_seed(seed)
-
     curve_steps = list(range(0 if box else 1, clicks + 1))
     protocol = {
         "name": "box + k clicks" if box else "k clicks (click-only)", "box": box, "clicks": clicks,
@@ -498,7 +528,11 @@ def evaluate_interactive(
         "datasets": [d.info.name for d in datasets], "dataset_sources": [d.info.source for d in datasets],
         "label_origins": [d.info.label_origin for d in datasets], "n_resamples": n_resamples, **protocol,
     }
-    run = RunFolder.create("eval interactive", config, seed, root=run_root)
+    refuse_stateful(tool_obj, resume)
+    run = open_run("eval interactive", config, seed, root=run_root, resume=resume)
+    if on_run is not None:
+        on_run(run.path)
+    log = UnitLog(run.file(PARTIAL_NAME))
     skipped: list[dict[str, str]] = []
     for ds in datasets:
         skipped += [{"path": s.path, "reason": s.reason} for s in ds.skipped]
@@ -510,7 +544,7 @@ def evaluate_interactive(
         s_rows, o_rows = _evaluate_dataset(
             tool_obj, ds, split, clicks=clicks, box=box, max_objects=max_objects, min_area=min_area, seed=seed,
             thresholds=thresholds, noc_max_clicks=noc_max_clicks, tolerance_mm=tolerance_mm,
-            use_previous_logits=use_previous_logits, progress=progress, skipped=skipped)
+            use_previous_logits=use_previous_logits, progress=progress, skipped=skipped, log=log)
         step_rows += s_rows
         object_rows += o_rows
         run.log(step=None, event="evaluated", dataset=ds.info.name, objects=len(o_rows),
@@ -541,6 +575,7 @@ def evaluate_interactive(
         data = json.loads(Path(dest).read_text(encoding="utf-8"))
         data["objects"] = os.path.relpath(objects_path.resolve(), Path(dest).parent.resolve())
         write_json(dest, data)
+    log.remove()  # objects.parquet and cases.parquet now hold every object
     report = write_report(run.path)
     return InteractiveReport(results=path, run_dir=run.path, protocol=protocol, by_dataset=by_dataset,
                              by_modality=by_modality, objects=objects, steps=steps, skipped=skipped, report=report)

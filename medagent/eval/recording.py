@@ -7,7 +7,8 @@ policy's size); plus the image before the first call, the final mask with the pr
 and the ground truth in another colour. It reads only what the env already computed (`Step.tool_turns`, the
 step infos, the episode's public `trace`, `case`, `gt`), so recording costs a few PNG encodings per episode.
 `write_recordings(folder, records)` stores them under ``<folder>/episodes/`` (episodes.json plus PNG files);
-`read_recordings(folder)` reads them back with the PNG bytes.
+`read_recordings(folder)` reads them back with the PNG bytes; `recording_to_json` / `recording_from_json` carry a
+record through a resumable run's unit log (PNGs as base64).
 
 Reward terms per turn: after the last call of a message they are the env's own (`info["reward_terms"]`);
 after an earlier call of a message with several calls they are `medagent.rewards.reward_terms` of the trace
@@ -17,6 +18,7 @@ call is the change of the episode score (the potential) it made, as the env's sh
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -113,6 +115,27 @@ def record_episode(env: Any, result: Any, agent: str, episode: int) -> dict[str,
         "start": png_bytes(start_image), "final": png_bytes(rendered if rendered is not None else final_image),
         "truth": png_bytes(truth), "turns": turns,
     }
+
+
+#: The PNG fields of a record (besides each turn's "image").
+_PNG_KEYS = ("start", "final", "truth")
+
+
+def recording_to_json(record: dict[str, Any]) -> dict[str, Any]:
+    """`record_episode`'s record with its PNG bytes as base64 text, for a JSON-lines unit log (resume)."""
+    def text(data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+
+    out = {key: (text(value) if key in _PNG_KEYS else value) for key, value in record.items() if key != "turns"}
+    out["turns"] = [{**turn, "image": text(turn["image"])} for turn in record["turns"]]
+    return to_jsonable(out)
+
+
+def recording_from_json(data: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `recording_to_json`: PNG fields back to bytes."""
+    out = {key: (base64.b64decode(value) if key in _PNG_KEYS else value) for key, value in data.items() if key != "turns"}
+    out["turns"] = [{**turn, "image": base64.b64decode(turn["image"])} for turn in data["turns"]]
+    return out
 
 
 def _slug(text: str) -> str:

@@ -20,13 +20,11 @@ cases on which the tool raises a medagent error are skipped with the reason.
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -35,8 +33,9 @@ from medagent.data.case import Case
 from medagent.data.dataset import Dataset
 from medagent.errors import ConfigError, MedagentError
 from medagent.eval.results import CASE_COLUMNS, DEFAULT_METRICS, copy_results, summarize
+from medagent.eval.progress import UnitProgress
 from medagent.eval.report import write_report
-from medagent.eval.runs import RunFolder, to_jsonable
+from medagent.eval.resume import PARTIAL_NAME, UnitLog, open_run, refuse_stateful, roundtrip, seed_torch
 from medagent.metrics import binary_metrics
 from medagent.tools.base import Tool, ToolKind
 
@@ -107,6 +106,72 @@ def _predict_boxes(tool: Tool, case: Case, target: np.ndarray) -> tuple[np.ndarr
     return out, {"n_prompts": n_prompts, "n_slices": n_slices, "slice_axis": axis}
 
 
+def _mean_dice(rows: list[dict[str, Any]]) -> float | None:
+    """Mean Dice over a case's rows (its classes), None without any: the progress bar's key figure."""
+    values = [float(r["dice"]) for r in rows if r.get("dice") is not None and math.isfinite(float(r["dice"]))]
+    return sum(values) / len(values) if values else None
+
+
+def _score_case(tool: Tool, case: Case, dataset: Dataset, prompt: str | None, *, gt_filter: Any,
+                tool_index: dict[str, int] | None, metrics: tuple[str, ...], tolerance_mm: float,
+                unknown_classes: set[str]) -> dict[str, Any]:
+    """One case, the unit of a tool evaluation: {"rows": [one per class], "skipped": [{"path", "reason"}],
+    "unknown_classes": [GT class names the tool lacks, first seen here]} (the module docstring's rules).
+    `unknown_classes` (the names reported by earlier cases) is read, not changed."""
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    unknown: list[str] = []
+    if case.label is None:
+        return {"rows": rows, "skipped": [{"path": case.id, "reason": "case has no label"}], "unknown_classes": unknown}
+    gt_classes = [c for c in sorted(case.class_names) if c != 0 and gt_filter(c, case.class_names[c])]
+    present = set(case.foreground_classes())
+    base = {"method": tool.name, "dataset": dataset.info.name, "case_id": case.id, "subject": case.subject,
+            "modality": case.modality or dataset.info.modality}
+    try:
+        if prompt is None:
+            start = time.perf_counter()
+            pred = tool.predict(case)
+            elapsed = time.perf_counter() - start
+            if pred.mask.shape != case.shape:
+                raise ConfigError(f"tool {tool.name!r} returned a mask of shape {pred.mask.shape} for case grid {case.shape}")
+            for c in gt_classes:
+                name = case.class_names[c]
+                if tool_index is None:
+                    t = c
+                elif _norm(name) in tool_index:
+                    t = tool_index[_norm(name)]
+                else:
+                    if name not in unknown_classes and name not in unknown:  # reported once per dataset
+                        unknown.append(name)
+                        skipped.append({"path": f"{dataset.info.name}/class/{name}",
+                                        "reason": f"tool {tool.name!r} has no class named {name!r}"})
+                    continue
+                pred_bin, gt_bin = pred.mask == t, case.label == c
+                if c not in present and not pred_bin.any():
+                    continue
+                rows.append({**base, "class_index": c, "class_name": name,
+                             **binary_metrics(pred_bin, gt_bin, case.spacing, metrics, tolerance_mm=tolerance_mm),
+                             "gt_voxels": int(gt_bin.sum()), "pred_voxels": int(pred_bin.sum()),
+                             "pred_class_index": t, "n_prompts": 0, "n_slices": math.nan, "time_s": elapsed})
+        else:
+            for c in gt_classes:
+                if c not in present:
+                    continue
+                gt_bin = case.label == c
+                start = time.perf_counter()
+                pred_bin, info = _predict_boxes(tool, case, gt_bin)
+                elapsed = time.perf_counter() - start
+                rows.append({**base, "class_index": c, "class_name": case.class_names[c],
+                             **binary_metrics(pred_bin, gt_bin, case.spacing, metrics, tolerance_mm=tolerance_mm),
+                             "gt_voxels": int(gt_bin.sum()), "pred_voxels": int(pred_bin.sum()),
+                             "pred_class_index": -1, "n_prompts": info["n_prompts"], "n_slices": info["n_slices"],
+                             "time_s": elapsed})
+    except MedagentError as exc:  # a tool that cannot handle this case: record it, go on with the rest
+        rows = []
+        skipped.append({"path": case.id, "reason": f"{type(exc).__name__}: {exc}"})
+    return {"rows": rows, "skipped": skipped, "unknown_classes": unknown}
+
+
 def evaluate_tool(
     tool: Tool,
     dataset: Dataset,
@@ -129,19 +194,20 @@ def evaluate_tool(
         prompt: None (the tool segments on its own) or "box" (one box per GT component; promptable tools).
         classes: restrict to these GT classes (indices or names); default all foreground classes.
         max_cases: score at most this many cases, drawn with `seed` (kept in dataset order).
-        seed: case sampling and, when torch is loaded, `torch.manual_seed` for stochastic tools.
+        seed: case sampling and, when torch is loaded, `torch.manual_seed` for stochastic tools (before each
+            case, from (seed, case index), so a case's result does not depend on the cases scored before it).
         metrics: metric names (see `medagent.metrics.METRICS`).
         tolerance_mm: NSD tolerance in mm.
-        progress: show a progress bar.
-        partial: a JSONL file that records each finished case; cases already in it are not run again
-            (their recorded rows are reused), so an interrupted evaluation resumes where it stopped.
+        progress: show a progress bar with the running mean Dice and an ETA (only on a terminal).
+        partial: a JSONL file that records each finished case (`medagent.eval.resume.UnitLog`); cases already
+            in it are not run again (their recorded rows are reused), so an interrupted evaluation resumes
+            where it stopped.
     Returns:
         pandas DataFrame, one row per (case, class): `CASE_COLUMNS`, the metric columns, and extras
         (modality, gt_voxels, pred_voxels, pred_class_index, n_prompts, n_slices, time_s). Rows skipped and why
         are in ``df.attrs["skipped"]`` as [{"path", "reason"}].
     """
     import pandas as pd
-    from rich.progress import track
 
     if prompt not in PROMPTS:
         raise ConfigError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
@@ -150,8 +216,6 @@ def evaluate_tool(
     if prompt is None and tool.kind == ToolKind.PROMPTABLE:
         raise ConfigError(f"tool {tool.name!r} is promptable: evaluate it with prompt='box'")
     metrics = tuple(metrics)
-    if "torch" in sys.modules:  # seed stochastic tools without importing torch for tools that do not use it
-        sys.modules["torch"].manual_seed(seed)
 
     cases = dataset.cases(split)
     indices = _pick_indices(len(cases), max_cases, seed)
@@ -164,83 +228,24 @@ def evaluate_tool(
     def keep_class(index: int, name: str) -> bool:
         return wanted is None or index in wanted[0] or _norm(name) in wanted[1]
 
-    done: dict[str, dict[str, Any]] = {}
-    if partial is not None:
-        partial = Path(partial)
-        if partial.exists():  # one JSON object per finished case; a torn last line is dropped
-            for line in partial.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                done[record["case_id"]] = record
-
+    log = UnitLog(partial) if partial is not None else None
     description = f"eval {tool.name} on {dataset.info.name}/{split}"
-    # rich's track() prints an empty line even when disabled: only wrap when a bar is wanted.
-    steps = track(indices, description=description, transient=True) if progress else indices
-    for i in steps:
-        if cases.ids[i] in done:
-            record = done[cases.ids[i]]
+    with UnitProgress(description, total=len(indices), figure="Dice", enabled=progress) as bar:
+        for i in indices:
+            record = log.get(cases.ids[i]) if log is not None else None
+            if record is None:
+                seed_torch(seed, i)  # each case from (seed, case index): a resumed run scores it as an uninterrupted one
+                record = roundtrip(_score_case(tool, cases[i], dataset, prompt, gt_filter=keep_class, tool_index=tool_index,
+                                               metrics=metrics, tolerance_mm=tolerance_mm, unknown_classes=unknown_classes))
+                if log is not None:  # record the finished case so a rerun can skip it
+                    log.add(cases.ids[i], record)
+                report = bar.advance
+            else:
+                report = bar.restored
             rows += record["rows"]
             skipped += record["skipped"]
-            unknown_classes.update(record.get("unknown_classes", []))
-            continue
-        n_rows, n_skipped, n_unknown = len(rows), len(skipped), set(unknown_classes)
-        case = cases[i]
-        if case.label is None:
-            skipped.append({"path": case.id, "reason": "case has no label"})
-        else:
-            gt_classes = [c for c in sorted(case.class_names) if c != 0 and keep_class(c, case.class_names[c])]
-            present = set(case.foreground_classes())
-            base = {"method": tool.name, "dataset": dataset.info.name, "case_id": case.id, "subject": case.subject,
-                    "modality": case.modality or dataset.info.modality}
-            try:
-                if prompt is None:
-                    start = time.perf_counter()
-                    pred = tool.predict(case)
-                    elapsed = time.perf_counter() - start
-                    if pred.mask.shape != case.shape:
-                        raise ConfigError(f"tool {tool.name!r} returned a mask of shape {pred.mask.shape} for case grid {case.shape}")
-                    for c in gt_classes:
-                        name = case.class_names[c]
-                        if tool_index is None:
-                            t = c
-                        elif _norm(name) in tool_index:
-                            t = tool_index[_norm(name)]
-                        else:
-                            if name not in unknown_classes:
-                                unknown_classes.add(name)
-                                skipped.append({"path": f"{dataset.info.name}/class/{name}",
-                                                "reason": f"tool {tool.name!r} has no class named {name!r}"})
-                            continue
-                        pred_bin, gt_bin = pred.mask == t, case.label == c
-                        if c not in present and not pred_bin.any():
-                            continue
-                        rows.append({**base, "class_index": c, "class_name": name,
-                                     **binary_metrics(pred_bin, gt_bin, case.spacing, metrics, tolerance_mm=tolerance_mm),
-                                     "gt_voxels": int(gt_bin.sum()), "pred_voxels": int(pred_bin.sum()),
-                                     "pred_class_index": t, "n_prompts": 0, "n_slices": math.nan, "time_s": elapsed})
-                else:
-                    for c in gt_classes:
-                        if c not in present:
-                            continue
-                        gt_bin = case.label == c
-                        start = time.perf_counter()
-                        pred_bin, info = _predict_boxes(tool, case, gt_bin)
-                        elapsed = time.perf_counter() - start
-                        rows.append({**base, "class_index": c, "class_name": case.class_names[c],
-                                     **binary_metrics(pred_bin, gt_bin, case.spacing, metrics, tolerance_mm=tolerance_mm),
-                                     "gt_voxels": int(gt_bin.sum()), "pred_voxels": int(pred_bin.sum()),
-                                     "pred_class_index": -1, "n_prompts": info["n_prompts"], "n_slices": info["n_slices"],
-                                     "time_s": elapsed})
-            except MedagentError as exc:  # a tool that cannot handle this case: record it, go on with the rest
-                del rows[n_rows:]
-                skipped.append({"path": case.id, "reason": f"{type(exc).__name__}: {exc}"})
-        if partial is not None:  # record the finished case so a rerun can skip it
-            record = {"case_id": cases.ids[i], "rows": rows[n_rows:], "skipped": skipped[n_skipped:],
-                      "unknown_classes": sorted(unknown_classes - n_unknown)}
-            with open(partial, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
+            unknown_classes.update(record["unknown_classes"])
+            report(_mean_dice(record["rows"]))
     columns = (list(CASE_COLUMNS) + list(metrics)
                + ["modality", "gt_voxels", "pred_voxels", "pred_class_index", "n_prompts", "n_slices", "time_s"])
     df = pd.DataFrame(rows, columns=columns)
@@ -264,6 +269,7 @@ def run_tool_eval(
     n_resamples: int = 2000,
     progress: bool = True,
     resume: str | Path | None = None,
+    on_run: Callable[[Path], None] | None = None,
 ) -> Path:
     """Evaluate a tool (a registry name, built with `checkpoint` and `tool_config`, or a `Tool`) and write a run folder.
 
@@ -271,9 +277,11 @@ def run_tool_eval(
     results.json (summary with bootstrap CIs by subject, see `medagent.eval.results`) and report.html
     (`medagent.eval.report`, beside results.json); copies the
     results JSON to `json_out` when given (its "cases" reference rewritten to still find the table).
-    Finished cases are recorded in the run folder's partial.jsonl while the run goes; `resume` (a run
-    folder of an interrupted evaluation with the same tool, dataset and split) continues it instead of
-    starting a new folder. Returns the path of results.json in the run folder.
+    Finished cases are recorded in the run folder's partial.jsonl while the run goes (removed once
+    results.json is written); `resume` (the run folder of an interrupted evaluation with the same settings,
+    `medagent.eval.resume.open_run`) continues it instead of starting a new folder: its finished cases are
+    read back, not recomputed. `on_run(run_folder)` is called once the folder exists (the CLI prints it, so a
+    killed run can be resumed). Returns the path of results.json in the run folder.
     """
     if isinstance(tool, str):
         from medagent.tools.registry import load_tool
@@ -288,24 +296,20 @@ def run_tool_eval(
         "split": split, "prompt": prompt, "classes": classes, "max_cases": max_cases,
         "tolerance_mm": tolerance_mm, "n_resamples": n_resamples,
     }
-    if resume is None:
-        run = RunFolder.create("eval tool", config, seed, root=run_root)
-    else:
-        run = RunFolder.open(resume)
-        stored = to_jsonable(run.config)
-        differ = [k for k, v in to_jsonable(config).items() if stored.get(k) != v] + (["seed"] if run.seed != seed else [])
-        if differ:
-            raise ConfigError(f"cannot resume {run.path}: it was run with other {', '.join(differ)}")
+    refuse_stateful(tool_obj, resume)
+    run = open_run("eval tool", config, seed, root=run_root, resume=resume)
+    if on_run is not None:
+        on_run(run.path)
     start = time.perf_counter()
     df = evaluate_tool(tool_obj, dataset, split=split, prompt=prompt, classes=classes, max_cases=max_cases,
-                       seed=seed, tolerance_mm=tolerance_mm, progress=progress, partial=run.file("partial.jsonl"))
+                       seed=seed, tolerance_mm=tolerance_mm, progress=progress, partial=run.file(PARTIAL_NAME))
     skipped = [{"path": s.path, "reason": s.reason} for s in dataset.skipped] + list(df.attrs.get("skipped", []))
     summary = summarize(df, seed=seed, metrics=DEFAULT_METRICS, n_resamples=n_resamples)
     run.log(step=None, event="evaluated", rows=len(df), cases=int(df["case_id"].nunique()) if len(df) else 0,
             skipped=len(skipped), seconds=round(time.perf_counter() - start, 3))
     path = run.write_results(summary, cases=df, skipped=skipped,
                              extra={"split": split, "prompt": prompt, "tolerance_mm": tolerance_mm})
-    run.file("partial.jsonl").unlink(missing_ok=True)  # cases.parquet now holds every row
+    run.file(PARTIAL_NAME).unlink(missing_ok=True)  # cases.parquet now holds every row
     write_report(run.path)
     if json_out is not None:
         copy_results(path, json_out)

@@ -1,13 +1,22 @@
-"""A rich progress bar for trainers (one line: step, time left, and the logged values that matter)."""
+"""A rich progress bar for trainers and evaluators (one line: step, time left, and the values that matter)."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 
+def progress_bar(transient: bool = False) -> Any:
+    """A rich `Progress` with the project's columns: description, bar, done/total, elapsed, time left and a
+    free text field ``values`` (the key figures: loss, reward, Dice). Not started; use it as a context manager."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[values]}"), transient=transient)
+
+
 def progress_callback(title: str, total_steps: int | None, keys: Sequence[str] = ("loss",)) -> Any:
     """A transformers `TrainerCallback` showing a rich progress bar with the latest value of each of `keys`."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress
     from transformers import TrainerCallback
 
     class _Bar(TrainerCallback):
@@ -17,8 +26,7 @@ def progress_callback(title: str, total_steps: int | None, keys: Sequence[str] =
 
         def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - transformers' signature
             if state.is_world_process_zero:
-                self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[values]}"))
+                self.bar = progress_bar()
                 self.bar.start()
                 self.task = self.bar.add_task(title, total=total_steps or state.max_steps, completed=state.global_step, values="")
 
