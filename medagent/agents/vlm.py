@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -290,24 +291,71 @@ def save_tiny_vlm(out: str | Path, config: TinyVLMConfig | None = None) -> Path:
     return save_vlm(model, processor, out)
 
 
-def load_vlm(path: str | Path, device: str | None = None) -> tuple[Any, Any]:
-    """Load `(model, processor)` saved by `save_vlm` / `save_tiny_vlm` / `run_sft`, offline (local files only).
+#: `load_vlm(dtype=...)` values besides None: the checkpoint's stored dtype, or one torch dtype.
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+#: Files of a Hub VLM repository worth downloading: weights, configs, tokenizer and template files, the card.
+VLM_HUB_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "*.txt", "*.md")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?")
+
+
+def vlm_folder(path: str | Path) -> Path:
+    """The local folder of a VLM reference: an existing folder, or a Hugging Face Hub id ("owner/name[@revision]"
+    or "hf://owner/name[@revision]") downloaded once into the Hub cache (`huggingface_hub.snapshot_download`;
+    offline, taken from that cache). A local path wins over a Hub id of the same spelling.
 
     Raises:
-        CheckpointError: `path` is not a folder with config.json and a processor.
+        CheckpointError: neither a local folder nor a Hub id that can be had (the message says which and why).
+    """
+    from medagent.tools.checkpoint import HUB_PREFIX, is_hub_id, resolve_checkpoint
+
+    text = str(path)
+    local = Path(text).expanduser()
+    if local.exists() or not (is_hub_id(text) or _HUB_ID.fullmatch(text)):
+        return local
+    reference = text if is_hub_id(text) else HUB_PREFIX + text
+    try:
+        return resolve_checkpoint(reference, needs=("config.json",), kind="VLM", patterns=VLM_HUB_PATTERNS)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{text}: no local folder of that name, and as a Hub id: {exc}") from exc
+
+
+def _torch_dtype(dtype: str | None, device: str | None) -> str:
+    """The `from_pretrained(dtype=...)` value of `load_vlm`'s `dtype` (None: float32 unless on CUDA)."""
+    if dtype is None:
+        # float32 on the CPU whatever the stored dtype (shipped tiny weights are float16 to halve their size)
+        return "auto" if (device or "").startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise ConfigError(f"VLM dtype must be one of {', '.join(DTYPES)} (or None), got {dtype!r}")
+    return dtype
+
+
+def load_vlm(path: str | Path, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+    """Load `(model, processor)`: a folder saved by `save_vlm` / `save_tiny_vlm` / `run_sft`, or any Qwen3-VL-style
+    model folder or Hub id (`vlm_folder`), from local files only once resolved.
+
+    Args:
+        path: the model folder, or a Hub id such as "Saint-lsy/MedSAM-Agent-Qwen3-VL-8B-MedSAM2".
+        device: torch device to move the model to (None: where it loads, the CPU).
+        dtype: the weights' dtype. None (default): float32, except on a CUDA device, where the checkpoint's
+            stored dtype is kept (shipped tiny weights are stored float16 and run float32 on the CPU); "auto": the
+            stored dtype on any device; "bfloat16" / "float16" / "float32": that dtype (an 8B model in bf16 needs
+            about 17 GB of memory instead of 33 GB in float32, on a host or a GPU).
+
+    Raises:
+        CheckpointError: `path` is not a folder with config.json and a processor, or a Hub id that cannot be had.
+        ConfigError: an unknown `dtype`.
     """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    path = Path(path)
+    torch_dtype = _torch_dtype(dtype, device)
+    path = vlm_folder(path)
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path} is not a saved VLM folder (no config.json); build one with save_tiny_vlm")
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         if not getattr(processor, "chat_template", None):  # shipped folders leave TRL's template out: read it from trl
             processor.chat_template = qwen3_vl_chat_template()
-        # float32 on the CPU whatever the stored dtype (shipped tiny weights are float16 to halve their size)
-        dtype = None if (device or "").startswith("cuda") else "float32"
-        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=dtype)
+        model = AutoModelForImageTextToText.from_pretrained(path, local_files_only=True, dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot load the VLM in {path}: {str(exc).splitlines()[0]}") from exc
     if device:
@@ -328,10 +376,16 @@ class VLMPolicyAgent(Agent):
         model: a Qwen3-VL-style model, or a folder saved by `save_vlm` / `run_sft` / `run_grpo` (then `processor`
             is loaded).
         processor: its processor (chat template, tokenizer, image processor).
-        system: system prompt; default `medagent.envs.SYSTEM_PROMPT` (what SFT data and GRPO prompts use).
+        system: system prompt; default: the profile's (`medagent.envs.SYSTEM_PROMPT`, what SFT data and GRPO
+            prompts use, for "medagent").
         max_new_tokens: generation budget per turn, tokens.
         do_sample / temperature / top_p: sampling; greedy by default (then `reset`'s seed does not matter).
         device: torch device for the model (None keeps it where it is).
+        profile: the prompt format the model was trained with (`medagent.envs.prompt_profile`: "medagent", the
+            default, or "medsam-agent" for MedSAM-Agent's released policy, or a `PromptProfile`). The conversation
+            keeps the model's own text; the env runs `profile.env_action` of it (its calls in medagent's frame).
+        prompt_source: where the profile reads its texts (medsam-agent: a MedSAM-Agent clone; `$MEDAGENT_MEDSAM_AGENT`).
+        dtype: weights' dtype when `model` is a folder or Hub id (`load_vlm`: None, "auto", "bfloat16", ...).
     """
 
     name = "vlm"
@@ -339,11 +393,14 @@ class VLMPolicyAgent(Agent):
 
     def __init__(self, model: Any, processor: Any = None, *, system: str | None = None, max_new_tokens: int = 64,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                 device: str | None = None) -> None:
+                 device: str | None = None, profile: Any = None, prompt_source: str | None = None,
+                 dtype: str | None = None) -> None:
         from medagent.envs.conversation import ConversationRenderer
 
+        # the profile first: a missing prompt source fails before a large model loads
+        renderer = ConversationRenderer(system, profile=profile, prompt_source=prompt_source)
         if isinstance(model, (str, Path)):
-            model, loaded = load_vlm(model, device=device)
+            model, loaded = load_vlm(model, device=device, dtype=dtype)
             processor = processor or loaded
         elif device:
             model = model.to(device)
@@ -352,15 +409,16 @@ class VLMPolicyAgent(Agent):
         if max_new_tokens < 1:
             raise ConfigError(f"VLMPolicyAgent.max_new_tokens must be >= 1, got {max_new_tokens}")
         self.model, self.processor = model, processor
-        self.renderer = ConversationRenderer(system)
+        self.renderer = renderer
         self.max_new_tokens = int(max_new_tokens)
         self.do_sample, self.temperature, self.top_p = bool(do_sample), float(temperature), float(top_p)
         self.messages: list[dict[str, Any]] = []
         self._last_action: str | None = None
         self._seed: int | None = None
+        self._calls = 0
 
     def reset(self, env: Any, seed: int | None = None) -> None:
-        self.messages, self._last_action, self._seed = [], None, seed
+        self.messages, self._last_action, self._seed, self._calls = [], None, seed, 0
 
     def observe(self, observation: dict[str, Any], env: Any) -> list[dict[str, Any]]:
         """Extend the conversation with what happened since the last call and return it (PIL images inline).
@@ -371,7 +429,9 @@ class VLMPolicyAgent(Agent):
         if not self.messages:
             self.messages = self.renderer.start(observation["image"], str(observation.get("instruction", "")))
         elif self._last_action is not None:
-            self.messages += self.renderer.step_messages(self._last_action, env.unwrapped.tool_turns)
+            turns = env.unwrapped.tool_turns
+            self.messages += self.renderer.step_messages(self._last_action, turns, calls=self._calls)
+            self._calls += len(turns)
             self._last_action = None
         return self.messages
 
@@ -405,9 +465,20 @@ class VLMPolicyAgent(Agent):
         return [tok.decode(row, skip_special_tokens=True) for row in new_tokens]
 
     def act(self, observation: dict[str, Any], env: Any) -> str:
+        """The model's next message; the env gets it as the profile maps it (`env_action`: unchanged for
+        medagent's own format), while the conversation keeps what the model wrote."""
         action = self.generate(self.observe(observation, env))
         self._last_action = action
-        return action
+        return env_action(self.renderer, action, env)
+
+
+def env_action(renderer: Any, text: str, env: Any) -> str:
+    """`renderer.profile.env_action(text, W, H)` for the env's current episode (its original image's size)."""
+    profile = renderer.profile
+    if not profile.maps_actions:
+        return text
+    episode = env.unwrapped.episode
+    return profile.env_action(text, episode.width, episode.height)
 
 
 def play_batched(envs: Sequence[Any], agent: VLMPolicyAgent, seeds: Sequence[int],
@@ -422,7 +493,7 @@ def play_batched(envs: Sequence[Any], agent: VLMPolicyAgent, seeds: Sequence[int
     if len(envs) != len(seeds):
         raise ConfigError(f"play_batched got {len(envs)} envs and {len(seeds)} seeds")
     options = list(options) if options is not None else [None] * len(envs)
-    results, observations, conversations = [], [], []
+    results, observations, conversations, calls = [], [], [], [0] * len(envs)
     for env, seed, option in zip(envs, seeds, options):
         obs, info = env.reset(seed=int(seed), options=option)
         results.append(EpisodeResult(reset_info=info))
@@ -436,11 +507,14 @@ def play_batched(envs: Sequence[Any], agent: VLMPolicyAgent, seeds: Sequence[int
         still = []
         for i, action in zip(live, actions):
             env = envs[i]
-            obs, reward, terminated, truncated, info = env.step(action)
-            results[i].steps.append(Step(observations[i], action, float(reward), bool(terminated), bool(truncated), info,
-                                         list(env.unwrapped.tool_turns)))
+            sent = env_action(agent.renderer, action, env)
+            obs, reward, terminated, truncated, info = env.step(sent)
+            turns = env.unwrapped.tool_turns
+            results[i].steps.append(Step(observations[i], sent, float(reward), bool(terminated), bool(truncated), info,
+                                         list(turns)))
             observations[i] = obs
-            conversations[i] = conversations[i] + agent.renderer.step_messages(action, env.unwrapped.tool_turns)
+            conversations[i] = conversations[i] + agent.renderer.step_messages(action, turns, calls=calls[i])
+            calls[i] += len(turns)
             if not (terminated or truncated):
                 still.append(i)
         live = still

@@ -65,7 +65,8 @@ def parse_hub_id(reference: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
-def resolve_checkpoint(reference: str | Path, needs: tuple[str, ...] = (), kind: str = "medagent") -> Path:
+def resolve_checkpoint(reference: str | Path, needs: tuple[str, ...] = (), kind: str = "medagent",
+                       patterns: tuple[str, ...] = HUB_PATTERNS) -> Path:
     """The local folder of a checkpoint reference, checked to hold the files in `needs`.
 
     Args:
@@ -74,6 +75,7 @@ def resolve_checkpoint(reference: str | Path, needs: tuple[str, ...] = (), kind:
             with `huggingface_hub.snapshot_download`.
         needs: file names the folder must hold (e.g. ("config.json", "model.safetensors")).
         kind: what the checkpoint is for, used in error messages (e.g. "unet", "SAM", "refine").
+        patterns: the files of a Hub repository to download (default `HUB_PATTERNS`; never pickles).
 
     Raises:
         CheckpointError: a pickle file (only safetensors are loaded), a path that does not exist, a Hub id
@@ -82,7 +84,7 @@ def resolve_checkpoint(reference: str | Path, needs: tuple[str, ...] = (), kind:
     """
     if is_hub_id(reference):
         label = str(reference)
-        folder = _download(str(reference))
+        folder = _download(str(reference), patterns)
     else:
         path = Path(reference)
         label = str(path)
@@ -114,7 +116,7 @@ def resolve_checkpoint(reference: str | Path, needs: tuple[str, ...] = (), kind:
     return folder
 
 
-def _download(reference: str) -> Path:
+def _download(reference: str, patterns: tuple[str, ...] = HUB_PATTERNS) -> Path:
     """Download (or find in the local Hub cache) the Hub checkpoint `reference`; CheckpointError on failure."""
     repo_id, revision = parse_hub_id(reference)
     try:
@@ -122,7 +124,7 @@ def _download(reference: str) -> Path:
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise CheckpointError(f"{reference}: loading a Hub checkpoint needs the package 'huggingface_hub' ({exc})") from exc
     try:
-        return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=list(HUB_PATTERNS)))
+        return Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=list(patterns)))
     except Exception as exc:  # noqa: BLE001 - every Hub failure becomes one clear CheckpointError
         raise CheckpointError(f"{reference}: cannot load this Hugging Face Hub checkpoint: "
                               f"{_hub_advice(exc, repo_id, revision)} ({type(exc).__name__}: {exc})") from exc
