@@ -350,6 +350,39 @@ def _env_settings(dataset: Optional[str], data: Optional[Path], split: str, max_
     return settings
 
 
+def _prompt_tool(prompt_tool: str, prompt_checkpoint: Optional[str]) -> Optional[dict]:
+    """{name: tool} for `--prompt-tool` / `--prompt-checkpoint` (None for the default sam with its shipped weights),
+    built here so a missing or bad checkpoint is one error line instead of failed calls in every episode."""
+    if prompt_tool == "sam" and not prompt_checkpoint:
+        return None
+    from medagent.tools import load_tool
+
+    return {prompt_tool: load_tool(prompt_tool, checkpoint=prompt_checkpoint or None)}
+
+
+def _recipe_defaults(ctx: typer.Context, recipe: Optional[Path]) -> Optional[Path]:
+    """`--recipe FILE`: a YAML mapping of the command's options (names with _ or -) used as their defaults, so
+    flags on the command line still win (click's `default_map`); an unknown option name is an error."""
+    if recipe is None:
+        return None
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(recipe).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise typer.BadParameter(f"cannot read recipe {recipe}: {exc}") from exc
+    if not isinstance(values, dict):
+        raise typer.BadParameter(f"recipe {recipe}: expected a mapping of option names to values")
+    names = {p.name for p in ctx.command.params if p.name != "recipe"}
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise typer.BadParameter(f"recipe {recipe}: unknown option(s) {', '.join(unknown)}; "
+                                 f"options: {', '.join(sorted(names))}")
+    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, v in values.items() if v is not None}}
+    return recipe
+
+
 @env_app.command("play")
 def env_play(
     dataset: Optional[str] = typer.Option(None, help="Builtin dataset (default: the env's default)."),
@@ -809,10 +842,25 @@ def eval_agent(
     split: str = typer.Option("test", help="Split episodes come from."),
     episodes: int = typer.Option(20, help="Episodes per agent (the same episodes for every agent)."),
     model: Optional[str] = typer.Option(None, help="Policy folder for the 'vlm' agent."),
-    policy: str = typer.Option("shipped", help="The 'policy' agent's model: 'shipped' (medagent/weights/policy-tiny) "
-                               "or a local VLM folder."),
+    policy: str = typer.Option("shipped", help="The 'policy' agent's model: 'shipped' (medagent/weights/policy-tiny), "
+                               "a local VLM folder, or a Hugging Face Hub id (owner/name[@revision], downloaded once)."),
     max_turns: int = typer.Option(5, help="Turns before truncation."),
     image_size: int = typer.Option(128, help="Policy image side, pixels (the shipped policy was trained at 128)."),
+    prompt_profile: str = typer.Option("medagent", help="Prompt format of the policy/vlm agents: medagent, or "
+                                       "medsam-agent (MedSAM-Agent's released policy; needs --prompt-source)."),
+    prompt_source: Optional[str] = typer.Option(None, help="For --prompt-profile medsam-agent: a MedSAM-Agent clone "
+                                                "(its prompt texts are read from it; default $MEDAGENT_MEDSAM_AGENT)."),
+    prompt_tool: str = typer.Option("sam", help="Promptable tool behind add_bbox / add_point (e.g. sam2 with "
+                                    "--prompt-checkpoint)."),
+    prompt_checkpoint: Optional[str] = typer.Option(None, help="Checkpoint of --prompt-tool (sam2: a SAM 2.1 or "
+                                                    "MedSAM2 .pt) instead of its shipped weights."),
+    max_new_tokens: int = typer.Option(64, help="Generation budget per turn of the policy/vlm agents, tokens."),
+    dtype: Optional[str] = typer.Option(None, help="Weights' dtype of the policy/vlm agents: auto, bfloat16, float16 "
+                                        "or float32 (default: float32, the stored dtype on CUDA)."),
+    device: Optional[str] = typer.Option(None, help="Torch device of the policy/vlm agents (e.g. cuda; default cpu)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", is_eager=True, callback=_recipe_defaults,
+                                          help="YAML of this command's options (e.g. configs/eval/medsam-agent.yaml); "
+                                               "flags given here override it."),
     record_turns: int = typer.Option(2, help="Episodes per agent kept turn by turn for the report's trajectory viewer."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also copy results JSON here."),
     seed: int = typer.Option(0, help="Seed."),
@@ -830,9 +878,14 @@ def eval_agent(
         names = [a.strip() for a in agents.split(",") if a.strip()]
         if "vlm" in names and model is None:
             _fail("the vlm agent needs --model FOLDER")
-        kwargs = {"vlm": {"model": model}} if model else {}
-        kwargs["policy"] = {"policy": policy}
-        path, df = run_agent_eval(_env_settings(dataset, data, split, max_turns, image_size), names, episodes=episodes,
+        vlm_kwargs = {"profile": prompt_profile, "prompt_source": prompt_source, "max_new_tokens": max_new_tokens,
+                      "dtype": dtype, "device": device}
+        kwargs = {"vlm": {"model": model, **vlm_kwargs}} if model else {}
+        kwargs["policy"] = {"policy": policy, **vlm_kwargs}
+        settings, tools = _env_settings(dataset, data, split, max_turns, image_size), _prompt_tool(prompt_tool, prompt_checkpoint)
+        if tools:
+            settings["prompt_tool"] = prompt_tool
+        path, df = run_agent_eval(settings, names, tools=tools, episodes=episodes,
                                   seed=seed, agent_kwargs=kwargs, json_out=str(json_out) if json_out else None,
                                   run_root=str(runs_dir), record_turns=record_turns, resume=resume,
                                   on_run=_announce_run(resume, "episodes"))
