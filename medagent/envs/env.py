@@ -99,6 +99,7 @@ class InteractiveSegEnv(gym.Env):
         self._base_image: np.ndarray | None = None
         self._case_index = -1
         self._first_seed = self.config.seed
+        self._loaded: tuple[int, Case] | None = None  # the last case load_case read (index, case)
 
     def _make_action_space(self) -> spaces.Space:
         return spaces.Text(self.config.message_max_chars, min_length=0, charset=CHARSET)
@@ -109,7 +110,12 @@ class InteractiveSegEnv(gym.Env):
 
         Options:
             case_index: index of the case in the split (default: drawn with the env's RNG).
+            slice_index: with case_index, for a 3D case: play the slice at this index along its coarsest axis
+                (`Case.default_slice_axis`) instead of a random labelled one (a volume evaluation plays each slice).
             target_index: index into `list_targets(case)` (default: drawn).
+            target: with case_index, the target by identity instead of target_index: (class_index, instance),
+                instance 0 for a whole class; found among the case's targets of any size (`list_targets` with
+                min_area 1), so a slice holding only a few pixels of a volume's target can be played too.
         """
         if seed is None and self._first_seed is not None:
             seed = self._first_seed
@@ -166,7 +172,9 @@ class InteractiveSegEnv(gym.Env):
             index = int(options["case_index"])
             if not 0 <= index < n:
                 raise ConfigError(f"reset option case_index={index} outside 0..{n - 1}")
-            case = self._as_2d(self.cases[index])
+            case = self._as_2d(self.load_case(index), options.get("slice_index"))
+            if options.get("target") is not None:
+                return case, self._target_by_key(case, options["target"]), index
             targets = list_targets(case, self.config.min_area)
             if not targets:
                 raise DataError(f"case {case.id!r} has no target of >= {self.config.min_area} pixels")
@@ -177,16 +185,43 @@ class InteractiveSegEnv(gym.Env):
             return case, targets[t], index
         for _ in range(_MAX_DRAWS):
             index = int(self.np_random.integers(n))
-            case = self._as_2d(self.cases[index])
+            case = self._as_2d(self.load_case(index))
             targets = list_targets(case, self.config.min_area)
             if targets:
                 return case, targets[int(self.np_random.integers(len(targets)))], index
         raise DataError(f"no case with a target of >= {self.config.min_area} pixels found in {_MAX_DRAWS} draws "
                         f"from split {self.config.split!r} of {self.dataset.info.name!r}")
 
-    def _as_2d(self, case: Case) -> Case:
-        """3D cases become a random slice (along the coarsest axis) that holds labelled pixels."""
-        return case.random_labelled_slice(self.np_random, self.config.min_area)
+    def load_case(self, index: int) -> Case:
+        """Case `index` of the split, kept until another index is asked for: a volume evaluation plays many
+        slices of one volume in a row, and reading the volume file again for each would dominate its time."""
+        if self._loaded is None or self._loaded[0] != index:
+            self._loaded = (index, self.cases[index])
+        return self._loaded[1]
+
+    def _as_2d(self, case: Case, slice_index: int | None = None) -> Case:
+        """3D cases become a random slice (along the coarsest axis) that holds labelled pixels, or the slice
+        `slice_index` along that axis when one is given."""
+        if slice_index is None:
+            return case.random_labelled_slice(self.np_random, self.config.min_area)
+        if case.ndim != 3:
+            raise ConfigError(f"reset option slice_index={slice_index} needs a 3D case; case {case.id!r} is 2D")
+        axis, index = case.default_slice_axis(), int(slice_index)
+        if not 0 <= index < case.shape[axis]:
+            raise ConfigError(f"reset option slice_index={index} outside 0..{case.shape[axis] - 1} for case {case.id!r}")
+        return case.slice(index, axis)
+
+    def _target_by_key(self, case: Case, key: Any) -> Target:
+        """The target (class_index, instance) of `case` (the reset option `target`), of any size."""
+        try:
+            class_index, instance = (int(v) for v in key)
+        except (TypeError, ValueError):
+            raise ConfigError(f"reset option target must be (class_index, instance), got {key!r}") from None
+        for target in list_targets(case, min_area=1):
+            if target.instance == instance and (instance or target.class_index == class_index):
+                return target
+        what = f"instance {instance}" if instance else f"class {class_index}"
+        raise DataError(f"case {case.id!r} has no target {what} (reset option target={list(key)})")
 
     def _references(self, case: Case, target: Target) -> list[Case]:
         """Up to `n_references` train-split cases of other subjects holding the target class, binary-labelled.

@@ -38,7 +38,7 @@ class Target:
     area: int
 
     def mask(self, case: Case) -> np.ndarray:
-        """Boolean (H, W) mask of this target in `case`."""
+        """Boolean mask of this target on `case`'s grid: (H, W), or (D, H, W) for a volume's target."""
         if self.instance:
             return np.asarray(case.instances) == self.instance
         return np.asarray(case.label) == self.class_index
@@ -87,6 +87,43 @@ def list_targets(case: Case, min_area: int = 16) -> list[Target]:
             continue
         area = int(np.count_nonzero(label == cls))
         if area >= min_area:
+            name = case.class_names.get(cls, f"class {cls}")
+            targets.append(Target(cls, name, 0, f"Segment the {name}.", area))
+    return targets
+
+
+def volume_targets(case: Case, min_area: int = 16) -> list[Target]:
+    """Every target of a labelled 3D case, by the 2D rule lifted to the volume (instance targets first, then classes).
+
+    Where the volume has an instance map, each instance of >= `min_area` voxels is a target (its class the most
+    frequent label under it) and classes with instances are not offered whole; otherwise each class present with
+    >= `min_area` voxels is one target, all its connected components together (as a 2D class target, and as
+    `eval tool` scores a class). The instruction is the class's sentence; an instance's names its id, since the
+    rank an episode's instruction gives it ("nearest the top-left corner") is the rank among the instances its
+    slice shows (the env's own target of that instance on the slice, `InteractiveSegEnv.reset(options={"target": ...})`).
+    A 2D case has no volume targets ([]): use `list_targets`.
+    """
+    if case.label is None or case.ndim != 3:
+        return []
+    label = np.asarray(case.label)
+    targets: list[Target] = []
+    instance_classes: set[int] = set()
+    if case.instances is not None and np.any(case.instances):
+        inst = np.asarray(case.instances)
+        ids, counts = np.unique(inst[inst > 0], return_counts=True)
+        for iid, count in zip(ids.tolist(), counts.tolist()):
+            values, freq = np.unique(label[inst == iid], return_counts=True)
+            cls = int(values[np.argmax(freq)])
+            if cls == 0:
+                continue
+            instance_classes.add(cls)
+            if count >= min_area:
+                name = case.class_names.get(cls, f"class {cls}")
+                targets.append(Target(cls, name, int(iid), f"Segment the {name} (instance {iid} of the volume).", int(count)))
+        targets.sort(key=lambda t: (t.class_index, t.instance))
+    for cls in case.foreground_classes():
+        area = int(np.count_nonzero(label == cls))
+        if cls not in instance_classes and area >= min_area:
             name = case.class_names.get(cls, f"class {cls}")
             targets.append(Target(cls, name, 0, f"Segment the {name}.", area))
     return targets
