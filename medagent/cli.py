@@ -862,6 +862,12 @@ def eval_agent(
                                           help="YAML of this command's options (e.g. configs/eval/medsam-agent.yaml); "
                                                "flags given here override it."),
     record_turns: int = typer.Option(2, help="Episodes per agent kept turn by turn for the report's trajectory viewer."),
+    volume: Optional[bool] = typer.Option(None, "--volume/--no-volume",
+                                          help="Volumes: one episode per slice holding the target, reassembled and "
+                                               "scored in 3D (default when the split's cases are 3D); --no-volume plays "
+                                               "one random labelled slice per episode."),
+    max_slices: Optional[int] = typer.Option(None, help="Volume episodes play at most this many slices (a contiguous "
+                                             "run around the target's largest; 3D metrics over that slab)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also copy results JSON here."),
     seed: int = typer.Option(0, help="Seed."),
     runs_dir: Path = typer.Option(Path("medagent-runs"), help="Where run folders go."),
@@ -871,7 +877,9 @@ def eval_agent(
 ) -> None:
     """Score agents in the environment on the same episodes: Dice, IoU, turns, episode score (95% CIs).
 
-    The run folder's report.html shows the tables, Dice per turn and the recorded episodes turn by turn."""
+    On volumes (NIfTI, NRRD, MHA, ... folders) each episode plays every slice holding its target and adds 3D Dice,
+    IoU, NSD and HD95 of the reassembled mask. The run folder's report.html shows the tables, Dice per turn and
+    the recorded episodes turn by turn."""
     from medagent.eval.agent_eval import agents_table, run_agent_eval
 
     def run():
@@ -888,7 +896,7 @@ def eval_agent(
         path, df = run_agent_eval(settings, names, tools=tools, episodes=episodes,
                                   seed=seed, agent_kwargs=kwargs, json_out=str(json_out) if json_out else None,
                                   run_root=str(runs_dir), record_turns=record_turns, resume=resume,
-                                  on_run=_announce_run(resume, "episodes"))
+                                  on_run=_announce_run(resume, "episodes"), volumes=volume, max_slices=max_slices)
         _console().print(agents_table(df, title="Agents on the same episodes (reads GT = oracle, not a policy)"))
         _console().print(f"results: {path}")
         _console().print(f"report: {path.parent / 'report.html'}")
@@ -944,7 +952,8 @@ def eval_compare(
     run_a: Path = typer.Argument(..., help="The first run folder (or its results.json): the reference."),
     run_b: Path = typer.Argument(..., help="The second run folder (or its results.json); differences are B - A."),
     metrics: Optional[str] = typer.Option(None, help="Comma-separated metrics (default: dice, iou, nsd, hd95, assd, "
-                                                     "episode_score, turns, those both runs have)."),
+                                                     "episode_score, turns, and on volume agent runs dice_3d, iou_3d, "
+                                                     "nsd_3d, hd95_3d, those both runs have)."),
     method_a: Optional[str] = typer.Option(None, help="Method of run A to compare, when the runs' method names do not pair."),
     method_b: Optional[str] = typer.Option(None, help="Method of run B to compare."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison rows as JSON here."),

@@ -24,7 +24,7 @@ from medagent.eval.results import bootstrap_ci, load_results
 #: Columns that identify one case of a per-case table (those present are used).
 CASE_KEYS = ("dataset", "case_id", "class_name", "episode")
 #: Metrics compared when the caller names none (those present in both tables).
-DEFAULT_METRICS = ("dice", "iou", "nsd", "hd95", "assd", "episode_score", "turns")
+DEFAULT_METRICS = ("dice", "iou", "nsd", "hd95", "assd", "episode_score", "turns", "dice_3d", "iou_3d", "nsd_3d", "hd95_3d")
 
 
 def _cases(run: str | Path) -> tuple[Any, Path]:

@@ -14,7 +14,10 @@ script, stylesheet, font or image). What it shows depends on what the run folder
   episode that ended keeps its last mask); the trajectory viewer of the recorded episodes (episodes/, see
   `medagent.eval.recording`): per episode the image with the mask after each turn, the call, the env's
   answer, Dice/IoU and the reward terms per turn, previous/next buttons and a turn counter, and the final
-  mask (prompts drawn) beside the ground truth;
+  mask (prompts drawn) beside the ground truth; on volumes (`medagent.eval.agent_volumes`) a 3D table beside
+  the 2D one (per agent: slices played / holding the target, 3D Dice, IoU, NSD, HD95 of the reassembled masks,
+  the per-slice means, calls per volume) and the 3D Dice distributions, the viewer showing each recorded
+  volume's largest slice;
 - interactive runs (`eval interactive`): the protocol, the per-dataset and per-modality tables of results.json
   (Dice per step, DSC-AUC, NSD-AUC, NoC, NoF) and Dice / NSD vs click curves with their intervals;
 - CTTA runs (`eval ctta`): Dice per centre and round, degradation, forgetting and cost per method, and Dice
@@ -320,7 +323,8 @@ def _summary_table(summary: dict[str, Any], metrics: Sequence[str]) -> str:
 def _metric_label(name: str) -> str:
     labels = {"dice": "Dice", "iou": "IoU", "hd95": "HD95 mm", "nsd": "NSD", "assd": "ASSD mm", "turns": "turns",
               "episode_score": "episode score", "dsc_auc": "DSC-AUC", "nsd_auc": "NSD-AUC", "final_dice": "final Dice",
-              "final_nsd": "final NSD", "noc85": "NoC@85", "noc90": "NoC@90", "nof85": "NoF@85", "nof90": "NoF@90"}
+              "final_nsd": "final NSD", "noc85": "NoC@85", "noc90": "NoC@90", "nof85": "NoF@85", "nof90": "NoF@90",
+              "dice_3d": "3D Dice", "iou_3d": "3D IoU", "nsd_3d": "3D NSD", "hd95_3d": "3D HD95 mm"}
     if name in labels:
         return labels[name]
     m = re.fullmatch(r"(dice|nsd|iou)_(\d+)", name)
@@ -343,7 +347,7 @@ def _pooled(df: Any, value: str, seed: int) -> str:
         return "-"
     values = df[value].to_numpy(dtype=np.float64)
     mean, lo, hi = bootstrap_ci(values, _groups(df), seed=seed)
-    digits = 2 if value in ("hd95", "assd", "turns") else 3
+    digits = 2 if value in ("hd95", "assd", "turns", "hd95_3d") else 3
     return _stat({"mean": mean, "ci95": [lo, hi]}, digits)
 
 
@@ -460,6 +464,29 @@ def _agent_table(cases: Any, summary: dict[str, Any], seed: int, by: str) -> str
                                          f"(invalid calls + format failures) / (calls + format failures)")
 
 
+def _volume_table(cases: Any, summary: dict[str, Any], seed: int, by: str) -> str:
+    """Volume episodes: per agent and `by`, the 3D scores of the reassembled masks beside the per-slice means."""
+    rows = []
+    for (method, key), part in cases.groupby(["method", by], sort=False):
+        cell = next(iter(summary.get(str(method), {}).get(str(key), {}).values()), None) if by == "dataset" else None
+
+        def stat(metric: str, digits: int = 3) -> str:
+            if cell is not None and metric in cell:
+                return _stat(cell[metric], digits) + (f" ({cell[metric]['n_nan']} n/a)" if cell[metric].get("n_nan") else "")
+            return _pooled(part, metric, seed)
+
+        slices = f"{_fmt(part['slices'].mean(), 1)} / {_fmt(part['slices_total'].mean(), 1)}"
+        rows.append([method, key, len(part), slices, stat("dice_3d"), stat("iou_3d"), stat("nsd_3d"), stat("hd95_3d", 2),
+                     stat("dice"), stat("iou"), _fmt(part["calls"].mean(), 1), stat("turns", 2),
+                     "yes" if "oracle" in part.columns and bool(part["oracle"].iloc[0]) else "no"])
+    headers = ["agent", by, "volumes", "slices played / holding", "3D Dice", "3D IoU", "3D NSD", "3D HD95 mm",
+               "slice Dice", "slice IoU", "calls / volume", "turns / slice", "reads GT"]
+    source = "results.json" if by == "dataset" else "bootstrap over subjects"
+    return _table(headers, rows, caption=f"volume episodes per agent and {by}: mean [95% interval, {source}]; 3D = the "
+                                         "slice episodes' final masks reassembled on the volume's grid, scored with its "
+                                         "spacing; slice Dice / IoU = the mean over a volume's slice episodes")
+
+
 def _dice_per_turn(cases: Any) -> str:
     if "dice_per_turn" not in cases.columns:
         return ""
@@ -554,6 +581,10 @@ def _agent_sections(folder: Path, results: dict[str, Any], cases: Any, seed: int
     summary = results.get("summary") or {}
     tables = _agent_table(df, summary, seed, "dataset") + _agent_table(df, summary, seed, "modality")
     out = [_section("Agents", tables, level + 1)]
+    if "dice_3d" in df.columns:  # volume episodes: the 3D table beside the 2D one
+        volumes = (_volume_table(df, summary, seed, "dataset") + _volume_table(df, summary, seed, "modality")
+                   + _distributions(df, "dice_3d", "method", config, "3D Dice"))
+        out.append(_section("Volumes (3D)", volumes, level + 1))
     plots = _dice_per_turn(df) + _distributions(df, "dice", "method", config, "Final Dice")
     out.append(_section("Dice per episode and per turn", plots, level + 1))
     errors = _error_table(df)
