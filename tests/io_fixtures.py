@@ -9,7 +9,7 @@ import numpy as np
 
 def write_dicom_slice(path: Path, pixels: np.ndarray, position=(0.0, 0.0, 0.0), orientation=(1, 0, 0, 0, 1, 0),
                       pixel_spacing=(0.8, 0.6), slope: float = 2.0, intercept: float = -1024.0, modality: str = "CT",
-                      series_uid: str = "1.2.826.0.1.3680043.8.498.1", instance: int = 1) -> Path:
+                      series_uid: str = "1.2.826.0.1.3680043.8.498.1", instance: int = 1, patient_id: str = "") -> Path:
     """One uncompressed 16-bit DICOM slice with geometry and a modality LUT (stored = (HU - intercept) / slope)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -23,6 +23,8 @@ def write_dicom_slice(path: Path, pixels: np.ndarray, position=(0.0, 0.0, 0.0), 
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = modality
     ds.SeriesInstanceUID = series_uid
+    if patient_id:
+        ds.PatientID = patient_id
     ds.InstanceNumber = instance
     ds.Rows, ds.Columns = (int(v) for v in pixels.shape)
     ds.PixelSpacing = [float(v) for v in pixel_spacing]

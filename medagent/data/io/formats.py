@@ -33,6 +33,8 @@ _MAGIC = (
 def stem(path: str | Path) -> str:
     """File name without its image extension(s): 'a.nii.gz' -> 'a', 'b.png' -> 'b', folder -> its name."""
     name = Path(path).name
+    if Path(path).is_dir():  # a DICOM series folder named '1.2.840.1' keeps its dots
+        return name
     low = name.lower()
     for exts in EXTENSIONS.values():
         for ext in exts:

@@ -87,3 +87,41 @@ def dicom_to_case_affine(position: np.ndarray, orientation: np.ndarray, pixel_sp
 def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size (z, y, x) in mm: the lengths of the affine's index columns."""
     return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def grid_reorientation(label_affine: np.ndarray, image_affine: np.ndarray, label_shape: tuple[int, ...],
+                       image_shape: tuple[int, ...], tol_voxels: float = 0.1) -> tuple[tuple[int, ...], tuple[bool, ...]] | None:
+    """How a 3D label array lies on an image's grid when both cover the same voxel centres.
+
+    Both affines map a (z, y, x, 1) index to world mm. When the label grid is the image grid up to an
+    axis permutation and flips (a viewer that orders rows or slices the other way round), the answer is
+    (perm, flips) with `np.flip(np.transpose(label, perm), [a for a in range(3) if flips[a]])` the label
+    indexed like the image; identity is ((0, 1, 2), (False, False, False)). Exact: no resampling.
+
+    Args:
+        label_affine, image_affine: 4x4 index -> world affines.
+        label_shape, image_shape: (D, H, W) of each array.
+        tol_voxels: how far (label voxels) any image corner may land from a label voxel centre.
+
+    Returns:
+        (perm, flips), or None when the two grids are not the same set of voxel centres.
+    """
+    m = np.linalg.inv(np.asarray(label_affine, dtype=np.float64)) @ np.asarray(image_affine, dtype=np.float64)
+    rot = np.round(m[:3, :3])
+    if not (np.abs(rot).sum(axis=0) == 1).all() or not (np.abs(rot).sum(axis=1) == 1).all():
+        return None  # not a signed permutation: rotated, scaled or sheared against the image
+    shift = np.round(m[:3, 3])
+    corners = np.array([[z, y, x, 1.0] for z in (0, image_shape[0] - 1) for y in (0, image_shape[1] - 1)
+                        for x in (0, image_shape[2] - 1)]).T
+    exact = np.vstack([np.hstack([rot, shift[:, None]]), [0, 0, 0, 1]])
+    if np.abs((m - exact) @ corners)[:3].max() > tol_voxels:
+        return None
+    perm, flips = [], []
+    for axis in range(3):
+        src = int(np.argmax(np.abs(rot[:, axis])))
+        flip = bool(rot[src, axis] < 0)
+        if label_shape[src] != image_shape[axis] or shift[src] != (image_shape[axis] - 1 if flip else 0):
+            return None  # the grids overlap but do not coincide (another extent or origin)
+        perm.append(src)
+        flips.append(flip)
+    return tuple(perm), tuple(flips)

@@ -311,12 +311,45 @@ def check_label(values: np.ndarray, shape: tuple[int, ...], class_names: dict[in
     return np.ascontiguousarray(arr.astype(np.uint8))
 
 
+def _grid_text(affine: np.ndarray) -> str:
+    """An affine as a person compares two grids: origin and each index axis's step, world mm (RAS)."""
+    a = np.asarray(affine)
+    axes = ", ".join(f"{n} {tuple(round(float(v), 3) for v in a[:3, i])}" for i, n in enumerate("zyx"))
+    return f"origin {tuple(round(float(v), 3) for v in a[:3, 3])}, steps {axes}"
+
+
+def _onto_dicom_grid(arr: np.ndarray, raw: RawImage, like: Case, path: Path, image_path: Any) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A 3D label (1, D, H, W) with geometry, put on a DICOM series' index grid when it is the same world grid.
+
+    Other tools order a series' rows or slices differently (dcm2niix flips the rows, for one), so a label
+    exported from them can match the image's shape and spacing and still be flipped; comparing the world
+    grids catches that, and an exact permutation / flip puts such a label on the image's grid.
+    """
+    from medagent.data.io.geometry import grid_reorientation
+
+    assert raw.affine is not None and like.affine is not None
+    found = grid_reorientation(raw.affine, like.affine, arr.shape[1:], like.shape)
+    if found is None:
+        if tuple(arr.shape[1:]) != like.shape:
+            raise DataError(f"{path}: label shape {tuple(arr.shape[1:])} differs from image {image_path} shape {like.shape}")
+        raise DataError(f"{path}: label is not on the world grid of image {image_path}: label {_grid_text(raw.affine)}; "
+                        f"image {_grid_text(like.affine)}; export the label on the image's grid (same origin, spacing "
+                        "and orientation)")
+    perm, flips = found
+    out = np.flip(np.transpose(arr[0], perm), [a for a in range(3) if flips[a]])
+    return np.ascontiguousarray(out)[None], tuple(like.spacing)
+
+
 def load_label(path: str | Path, like: Case) -> np.ndarray:
     """Read a label map for `like`: uint8 (H, W) or (D, H, W) on its grid, values among its classes.
 
+    For a 3D image read from DICOM, a label file with geometry (NIfTI, NRRD, MHA) must lie on the same
+    world grid (its voxel centres the image's); one stored with its axes permuted or flipped against the
+    series' order is put on the image's index grid exactly (no resampling).
+
     Raises:
-        DataError: unreadable file, shape or spacing different from the image's, values outside
-            `like.class_names`.
+        DataError: unreadable file, shape or spacing different from the image's, a DICOM image's label
+            on another world grid, values outside `like.class_names`.
     """
     p = Path(path)
     raw, _ = read_raw(p, as_label=True)
@@ -324,6 +357,9 @@ def load_label(path: str | Path, like: Case) -> np.ndarray:
     if arr.shape[0] > 1 and not (arr.shape[0] in (3, 4) and raw.is_rgb):
         raise DataError(f"{p}: label has {arr.shape[0]} channels; a label is one class map")
     image_path = like.provenance.get("path", like.id)
+    dicom_3d = like.provenance.get("reader") == "dicom" and like.ndim == 3 and arr.ndim == 4
+    if dicom_3d and raw.affine is not None and like.affine is not None:
+        arr, raw.spacing = _onto_dicom_grid(arr, raw, like, p, image_path)
     spatial = arr.shape[1:]
     if tuple(spatial) != like.shape:
         raise DataError(f"{p}: label shape {tuple(spatial)} differs from image {image_path} shape {like.shape}")
