@@ -1,9 +1,15 @@
 """User dataset folders -> `Dataset`: nnU-Net v2 / MSD, `images/` + `labels/`, Ultralytics YOLO segmentation.
 
-`load_folder` checks the folder's index files, pairing and paths up front (cheap: no pixels are read)
-and serves cases lazily. Bad content (NaN voxels, an image/label grid mismatch, label values outside the
-classes) only shows when a case is loaded; `validate=True` (or `validate_dataset`) loads every case once
-so that it raises, or with `skip_bad=True` lists, those too. Loading never writes into the folder.
+In `images/` + `labels/`, a case is an image file `images/<case>.<ext>` or a DICOM series folder
+`images/<case>/` (the .dcm files of one series directly inside), each paired with `labels/<case>.<ext>`
+(NIfTI, NRRD, MHA, ...; on the series' world grid, see `medagent.data.io.load_label`). Label folders and
+DICOM-SEG labels are not read; nnU-Net and YOLO folders hold files only.
+
+`load_folder` checks the folder's index files, pairing and paths up front (cheap: no pixels are read;
+a DICOM series' headers are, so a series mixing several, with an unreadable file or a missing slice is
+refused, or skipped, here) and serves cases lazily. Bad content (NaN voxels, an image/label grid
+mismatch, label values outside the classes) only shows when a case is loaded; `validate=True` (or
+`validate_dataset`) loads every case once so that it raises, or with `skip_bad=True` lists, those too. Loading never writes into the folder.
 
 Splits: an explicit split (medagent's `splits.json`, labelled `imagesTs`, YOLO's train/val/test keys,
 `images/{train,val,test}`) wins; otherwise subjects are split 70/10/20 with `split_seed`.
@@ -22,13 +28,14 @@ import numpy as np
 from medagent.data.case import Case
 from medagent.data.dataset import SPLITS, CaseList, Dataset, DatasetInfo, Skipped
 from medagent.data.intensity import canonical_modality
-from medagent.data.io import load_image, load_label
+from medagent.data.io import detect_format, load_image, load_label
+from medagent.data.io.dicom import dicom_shape, is_dicom_series_folder, read_series_headers
 from medagent.data.io.formats import is_image_file, stem
 from medagent.errors import ConfigError, DataError, LayoutError
 
 LAYOUTS = ("nnunet", "images-labels", "yolo")
 LOOKED_FOR = ("nnU-Net v2 / MSD (dataset.json or imagesTr/), Ultralytics YOLO (data.yaml with 'names'), "
-              "images/ + labels/ (or masks/) with matching file names")
+              "images/ + labels/ (or masks/) with matching file names or DICOM series folders images/<case>/")
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 SPLITS_FILE = "splits.json"
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
@@ -45,6 +52,7 @@ class Entry:
     subject: str = ""
     split: str | None = None
     polygons: list[tuple[int, np.ndarray]] | None = None  # YOLO: (class index, (n, 2) normalised x, y)
+    modality_tag: str | None = None  # a DICOM series' Modality tag, read with its headers
 
 
 @dataclass
@@ -152,6 +160,9 @@ def detect_layout(path: str | Path) -> str:
         return "yolo"
     if (root / "images").is_dir() and ((root / "labels").is_dir() or (root / "masks").is_dir()):
         return "images-labels"
+    if is_dicom_series_folder(root):
+        raise LayoutError(f"{root}: is a DICOM series folder (one image), not a dataset folder: open it with load_image "
+                          "(or --image), or make it a case: images/<case>/ beside labels/<case>.nii.gz")
     raise LayoutError(f"{root}: folder is in no known dataset layout; looked for {LOOKED_FOR}")
 
 
@@ -295,6 +306,65 @@ def _apply_splits_file(root: Path, scan: _Scan) -> None:
 
 
 # -- (b) images/ + labels/ -------------------------------------------------------------------------
+def _reason(exc: DataError, path: Path) -> str:
+    """The reason of a DataError raised as 'path: reason', without the path (bad() puts it back)."""
+    text, prefix = str(exc), f"{path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")) if folder.is_dir() else []
+
+
+def _series_entries(img_dir: Path, lab_dir: Path, labels: dict[str, Path], split: str | None, bad: _Bad,
+                    skip: set[str]) -> list[Entry]:
+    """Cases that are DICOM series folders, `img_dir/<case>/`, each paired with `lab_dir/<case>.<ext>`.
+
+    The series is checked from its headers now (one series, readable files, even slices), so a broken
+    one is refused or skipped before any pixel is read. A sub-folder holding no DICOM file is no case;
+    it is reported only when a label names it. `labels` loses the labels used.
+    """
+    entries = []
+    label_dirs = {d.name: d for d in _subfolders(lab_dir)}
+    for d in _subfolders(img_dir):
+        if d.name in skip:
+            continue
+        if not is_dicom_series_folder(d):
+            if d.name in labels:
+                bad(d, f"holds no DICOM files directly, so it is no case for label {labels.pop(d.name).name} (a case "
+                       "folder holds the files of one DICOM series; nested patient/study/series folders are not read)")
+            continue
+        label = labels.pop(d.name, None)
+        if label is None:
+            hint = (f"; {label_dirs[d.name]} is a folder, and label folders (DICOM series, DICOM-SEG) are not read: "
+                    "export the label as NIfTI/NRRD/MHA") if d.name in label_dirs else ""
+            bad(d, f"DICOM series folder has no label file {d.name}.nii.gz (or .nrrd, .mha, ...) in {lab_dir}{hint}")
+            continue
+        try:
+            series = read_series_headers(d)
+        except DataError as exc:
+            bad(d, _reason(exc, d))
+            continue
+        entries.append(Entry(d.name, [d], label, subject=series.patient_id, split=split, modality_tag=series.modality))
+    return entries
+
+
+def _series_metadata(scan: _Scan) -> None:
+    """What the series headers say about the whole folder.
+
+    Series cases keep their DICOM PatientID as subject (so a patient's series share a split) only when the
+    folder names two patients or more: an anonymiser that wrote one ID everywhere must not make one subject.
+    When every case is a series and all share one Modality tag, that is the dataset's modality.
+    """
+    series = [e for e in scan.entries if e.images[0].is_dir()]
+    if len({e.subject for e in series if e.subject}) < 2:
+        for e in series:
+            e.subject = ""
+    tags = {e.modality_tag for e in series}
+    if series and len(series) == len(scan.entries) and len(tags) == 1:
+        scan.modality = _modality_or_none(tags.pop())
+
+
 def _scan_images_labels(root: Path, bad: _Bad, scan: _Scan) -> None:
     labels_dir = root / "labels" if (root / "labels").is_dir() else root / "masks"
     split_dirs = {"valid": "val"}
@@ -302,14 +372,21 @@ def _scan_images_labels(root: Path, bad: _Bad, scan: _Scan) -> None:
     groups = [(d, labels_dir / d.name, split_dirs.get(d.name, d.name)) for d in subdirs] or [(root / "images", labels_dir, None)]
     for img_dir, lab_dir, split in groups:
         labels = {stem(f): f for f in _image_files(lab_dir)}
-        for f in _image_files(img_dir):
+        files = _image_files(img_dir)
+        for f in files:
             lab = labels.pop(stem(f), None)
             if lab is None:
                 bad(f, f"no label file with the same name in {lab_dir}")
                 continue
             scan.entries.append(Entry(stem(f), [f], lab, split=split))
+        taken = {stem(f) for f in files}
+        for d in _subfolders(img_dir):
+            if d.name in taken and is_dicom_series_folder(d):  # 'a.nii.gz' and series 'a/' would both be case 'a'
+                bad(d, f"case {d.name!r} is both a series folder and an image file in {img_dir}")
+        scan.entries += _series_entries(img_dir, lab_dir, labels, split, bad, skip=taken)
         for s, f in sorted(labels.items()):
             bad(f, f"label file has no image with the same name in {img_dir}")
+    _series_metadata(scan)
 
 
 # -- (c) Ultralytics YOLO segmentation ------------------------------------------------------------
@@ -468,9 +545,11 @@ def _load_entry(entry: Entry, class_names: dict[int, str], modality: str | None,
 
 
 def _probe_ndim(path: Path) -> int:
-    """Spatial dimension of an image file from its header where that is cheap (2 for flat formats)."""
+    """Spatial dimension of an image file or DICOM series folder from its headers (2 for flat formats)."""
     low = path.name.lower()
     try:
+        if path.is_dir() or detect_format(path) == "dicom":
+            return 3 if dicom_shape(path)[0] > 1 else 2
         if low.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
@@ -489,7 +568,7 @@ def _probe_ndim(path: Path) -> int:
             return 3 if len(shape) == 4 or (len(shape) == 3 and shape[-1] not in (3, 4)) else 2
     except Exception:
         return 2  # the real error surfaces, with its message, when the case is loaded
-    return 2  # PNG/JPEG/BMP; TIFF stacks, NPZ and DICOM are not probed (reported as 2D here)
+    return 2  # PNG/JPEG/BMP; TIFF stacks and NPZ are not probed (reported as 2D here)
 
 
 def load_folder(path: str | Path, *, layout: str | None = None, class_names: dict[int, str] | None = None,
