@@ -33,6 +33,7 @@ SCRIPTS: dict[str, list[str]] = {
     "bench_refine.py": [],
     "bench_policy.py": [],
     "bench_region_rules.py": [],
+    "bench_demo.py": [],
     "gpu_check.py": [],  # on a CPU-only machine it says it skipped everything and exits 0
 }
 
