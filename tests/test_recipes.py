@@ -174,3 +174,16 @@ def test_build_config_without_a_recipe_is_the_dataclass_defaults():
     from medagent.train.grpo import GRPORunConfig
 
     assert build_config("grpo", {}) == GRPORunConfig()
+
+
+def test_policy_recipe_teacher_sources_name_their_split():
+    from medagent.errors import ConfigError
+    from medagent.train.policy_recipe import PolicyRecipeConfig, _source_folder, trajectory_sources
+
+    config = PolicyRecipeConfig(datasets=("mni-lesion", "nuclei"), procedural_seeds=(0, 3), teacher_splits=("train", "val"))
+    sources = trajectory_sources(config)
+    assert sources == [("mni-lesion", "train", 0), ("mni-lesion", "train", 3), ("nuclei", "train", 0),
+                       ("mni-lesion", "val", 0), ("mni-lesion", "val", 3), ("nuclei", "val", 0)]
+    assert [_source_folder(*s) for s in sources[:1] + sources[3:4]] == ["mni-lesion-0", "mni-lesion-val-0"]
+    with pytest.raises(ConfigError, match="teacher_splits"):
+        PolicyRecipeConfig(teacher_splits=("train", "test"))

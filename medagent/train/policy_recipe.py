@@ -9,7 +9,8 @@ where it stopped (trajectory shards and trainer checkpoints are step-exact). Eve
 
 Stages (`output_dir/...`):
     traj/<dataset>-<seed>/   teacher trajectories (`RankedRegionsAgent` by default) on the training split of each dataset,
-                             procedural datasets drawn with several dataset seeds (new lesions per seed)
+                             procedural datasets drawn with several dataset seeds (new lesions per seed);
+                             `<dataset>-<split>-<seed>/` for the other `teacher_splits` (e.g. val)
     sft-data/<...>/          their TRL export (one example per episode)
     grounding/               SFT stage "grounding" from a fresh tiny Qwen3-VL (`policy_config`)
     sft/                     SFT on the trajectories, from grounding/model
@@ -36,7 +37,11 @@ class PolicyRecipeConfig:
 
     Attributes:
         output_dir: recipe folder.
-        datasets: builtin datasets the trajectories come from (training splits).
+        datasets: builtin datasets the trajectories come from.
+        teacher_splits: splits the teacher plays on. The automatic segmenters were trained on the train split and
+            make few mistakes there (mni-lesion: more regions than targets in 5 of 28 multi-target episodes, 21 of
+            28 on the test split), so a policy taught there only never sees the false positives it meets at test
+            time; the val split's subjects show them (18 of 27). Test splits are never used.
         procedural_seeds: dataset seeds for procedural datasets (`medagent.trajectories.prompts.PROCEDURAL`).
         episodes: expert episodes per (dataset, dataset seed).
         image_size: the policy's image side, pixels (env observation and the VLM's image size).
@@ -54,6 +59,7 @@ class PolicyRecipeConfig:
 
     output_dir: str = "medagent-runs/policy"
     datasets: tuple[str, ...] = ("mni-lesion", "nuclei", "ct-phantom")
+    teacher_splits: tuple[str, ...] = ("train",)
     procedural_seeds: tuple[int, ...] = tuple(range(12))
     episodes: int = 150
     image_size: int = 128
@@ -80,6 +86,9 @@ class PolicyRecipeConfig:
 
     def __post_init__(self) -> None:
         self.datasets = tuple(self.datasets)
+        self.teacher_splits = tuple(self.teacher_splits)
+        if "test" in self.teacher_splits or not self.teacher_splits:
+            raise ConfigError(f"PolicyRecipeConfig.teacher_splits must name train/val splits, got {self.teacher_splits}")
         self.procedural_seeds = tuple(int(s) for s in self.procedural_seeds)
         if min(self.episodes, self.grounding_steps, self.sft_steps, self.grpo_steps) < 1:
             raise ConfigError("PolicyRecipeConfig: episodes and every stage's steps must be >= 1")
@@ -96,11 +105,17 @@ def _timed(timings: dict[str, float], name: str, path: Path, fn: Any) -> Any:
     return result
 
 
-def trajectory_sources(config: PolicyRecipeConfig) -> list[tuple[str, int]]:
-    """(dataset, dataset seed) pairs the trajectories are played on."""
+def trajectory_sources(config: PolicyRecipeConfig) -> list[tuple[str, str, int]]:
+    """(dataset, split, dataset seed) triples the trajectories are played on."""
     from medagent.trajectories.prompts import PROCEDURAL
 
-    return [(name, s) for name in config.datasets for s in (config.procedural_seeds if name in PROCEDURAL else (0,))]
+    return [(name, split, s) for split in config.teacher_splits for name in config.datasets
+            for s in (config.procedural_seeds if name in PROCEDURAL else (0,))]
+
+
+def _source_folder(name: str, split: str, dataset_seed: int) -> str:
+    """`<dataset>-<seed>` on the train split (the layout of earlier recipes), `<dataset>-<split>-<seed>` otherwise."""
+    return f"{name}-{dataset_seed}" if split == "train" else f"{name}-{split}-{dataset_seed}"
 
 
 def run_recipe(config: PolicyRecipeConfig) -> Path:
@@ -121,12 +136,13 @@ def run_recipe(config: PolicyRecipeConfig) -> Path:
     tiny = dataclasses.replace(policy_config(cfg.seed), **cfg.tiny)
 
     exports = []
-    for name, dataset_seed in trajectory_sources(cfg):
-        traj, data = out / "traj" / f"{name}-{dataset_seed}", out / "sft-data" / f"{name}-{dataset_seed}"
+    for name, split, dataset_seed in trajectory_sources(cfg):
+        folder = _source_folder(name, split, dataset_seed)
+        traj, data = out / "traj" / folder, out / "sft-data" / folder
         exports.append(str(data))
         if (data / "dataset_dict.json").exists():
             continue
-        factory = functools.partial(InteractiveSegEnv, **cfg.env(name, dataset_seed=dataset_seed, split="train"))
+        factory = functools.partial(InteractiveSegEnv, **cfg.env(name, dataset_seed=dataset_seed, split=split))
         game = GenerateConfig(agent=cfg.expert, episodes=cfg.episodes, seed=cfg.seed + dataset_seed, shard_size=50)
 
         def play(factory=factory, traj=traj, data=data, game=game):
