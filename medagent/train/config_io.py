@@ -201,8 +201,9 @@ def _parse(hint: Any, text: str) -> Any:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = None
-        if not isinstance(value, list):
-            value = [item.strip() for item in text.split(",")] if text else []
+        if not isinstance(value, list):  # "a,b" or "[a, b]" with bare words
+            bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+            value = [item.strip() for item in bare.split(",")] if bare.strip() else []
         return _sequence(hint, value)
     if origin is dict or hint is dict or dataclasses.is_dataclass(hint):
         try:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,36 +107,23 @@ def make_config(name: str, values: dict[str, Any] | None = None, *, texts: dict[
 def config_from(cls: type, values: dict[str, Any], overrides: dict[str, str] | None = None) -> Any:
     """Instantiate config dataclass `cls` from `values` plus `field=value` text overrides (checked by name).
 
-    The `train sft` / `train grpo` / `train policy` commands' way (their own flags, then `--set`); values
-    are parsed as JSON when they parse, else taken as text.
+    The `train sft` / `train grpo` / `train policy` commands' way (their own flags, then `--set`); the text is
+    parsed against the field's type by `config_io.parse_value`, as every other `--set` is.
     """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    from medagent.train.config_io import parse_value
+
     values = dict(values)
     for key, value in (overrides or {}).items():
-        if key not in fields:
-            raise ConfigError(f"--set {key}=...: {cls.__name__} has no field {key!r}; fields: {', '.join(sorted(fields))}")
-        values[key] = _coerce(fields[key].type, value)
+        try:
+            values[key] = parse_value(cls, key, value) if isinstance(value, str) else value
+        except ConfigError as exc:
+            raise ConfigError(f"--set {key}=...: {exc}") from exc
+        except ValueError as exc:
+            raise ConfigError(f"--set {key}={value}: {exc}") from exc
     try:
         return cls(**values)
     except TypeError as exc:
         raise ConfigError(f"{cls.__name__}: {exc}") from exc
-
-
-def _coerce(field_type: Any, value: Any) -> Any:
-    """Fit a CLI value to a field: a single name into a list/tuple field, JSON text into its value."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
-    origin = typing.get_origin(field_type) if not isinstance(field_type, str) else None
-    text = str(field_type)
-    wants_sequence = origin in (list, tuple) or text.startswith(("list[", "tuple[")) or "list[" in text.split("|")[0]
-    if wants_sequence and isinstance(value, str):
-        value = [value]
-    if (origin is tuple or text.startswith("tuple[")) and isinstance(value, list):
-        value = tuple(value)
-    return value
 
 
 def train(name: str, config: Any) -> Path:
