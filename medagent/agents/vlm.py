@@ -120,6 +120,18 @@ class TinyVLMConfig:
 # --------------------------------------------------------------------------------------------- tokenizer
 
 
+#: Tokens only the processor may place (image and video framing): a sampled one would not match any image features
+#: (Qwen3-VL's rope index then fails), so generation never emits them.
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def vision_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of `VISION_TOKENS` the tokenizer has (for `generate(suppress_tokens=...)`)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]
+    return [i for i in ids if isinstance(i, int) and i != unk]
+
+
 def corpus_texts(seed: int = 0, n_calls: int = 400, extra: Iterable[str] = ()) -> list[str]:
     """Text medagent produces, to train the tokenizer on: the system prompt with the tool schema, instructions,
     tool calls with random 0-999 coordinates, tool answers, the final answer, and the chat template's framing.
@@ -453,7 +465,8 @@ class VLMPolicyAgent(Agent):
             tok.padding_side = side
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
+                                  "suppress_tokens": vision_token_ids(tok)}
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
         seed = self._seed if seed is None else seed

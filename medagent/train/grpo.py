@@ -189,7 +189,7 @@ def run_grpo(config: GRPORunConfig) -> Path:
     import torch
     from trl import GRPOTrainer
 
-    from medagent.agents.vlm import build_tiny_vlm, load_vlm
+    from medagent.agents.vlm import build_tiny_vlm, load_vlm, vision_token_ids
     from medagent.envs.config import EnvConfig
     from medagent.envs.trl_adapter import SegToolEnvironment
     from medagent.train.lora import lora_config
@@ -242,6 +242,9 @@ def run_grpo(config: GRPORunConfig) -> Path:
     callbacks = [metrics_callback(out / "metrics.jsonl")]
     if cfg.progress:
         callbacks.append(progress_callback("GRPO", cfg.max_steps, ("reward", "rewards/dice_reward/mean")))
+    # TRL suppresses only the image pad token; a sampled <|vision_start|> breaks Qwen3-VL's rope index mid-run
+    suppress = sorted(set(vision_token_ids(processor.tokenizer)) | set((args.generation_kwargs or {}).get("suppress_tokens", [])))
+    args.generation_kwargs = {**(args.generation_kwargs or {}), "suppress_tokens": suppress}
     trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=args,
                           train_dataset=prompts, processing_class=processor, environment_factory=factory,
                           peft_config=peft_config, callbacks=callbacks)

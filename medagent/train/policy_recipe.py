@@ -14,7 +14,7 @@ Stages (`output_dir/...`):
     sft-data/<...>/          their TRL export (one example per episode)
     grounding/               SFT stage "grounding" from a fresh tiny Qwen3-VL (`policy_config`)
     sft/                     SFT on the trajectories, from grounding/model
-    grpo/                    GRPO in the env (mni-lesion train split), from sft/model
+    grpo/                    GRPO in the env (`grpo_dataset`, `grpo_split`), from sft/model
     timings.json             seconds per stage
 """
 
@@ -50,7 +50,8 @@ class PolicyRecipeConfig:
         grounding_rows / grounding_steps / grounding_lr: grounding stage.
         sft_steps / sft_lr: trajectory SFT stage.
         batch_size: SFT batch size.
-        grpo_dataset: the GRPO env's dataset (training split).
+        grpo_dataset / grpo_split: the GRPO env's dataset and split (the teacher splits' reasoning holds here too:
+            on val the segmenters' mistakes are test-like, so different actions of a group score differently).
         grpo_prompts / grpo_steps / grpo_lr / num_generations / grpo_batch_size / max_completion_length /
             temperature / beta: GRPO stage (`GRPORunConfig`).
         seed: seed of every stage.
@@ -72,6 +73,7 @@ class PolicyRecipeConfig:
     sft_lr: float = 2e-3
     batch_size: int = 8
     grpo_dataset: str = "mni-lesion"
+    grpo_split: str = "train"
     grpo_prompts: int = 256
     grpo_steps: int = 40
     grpo_lr: float = 2e-5
@@ -87,8 +89,9 @@ class PolicyRecipeConfig:
     def __post_init__(self) -> None:
         self.datasets = tuple(self.datasets)
         self.teacher_splits = tuple(self.teacher_splits)
-        if "test" in self.teacher_splits or not self.teacher_splits:
-            raise ConfigError(f"PolicyRecipeConfig.teacher_splits must name train/val splits, got {self.teacher_splits}")
+        if "test" in (*self.teacher_splits, self.grpo_split) or not self.teacher_splits:
+            raise ConfigError("PolicyRecipeConfig.teacher_splits and grpo_split must name train/val splits, got "
+                              f"{self.teacher_splits} and {self.grpo_split!r}")
         self.procedural_seeds = tuple(int(s) for s in self.procedural_seeds)
         if min(self.episodes, self.grounding_steps, self.sft_steps, self.grpo_steps) < 1:
             raise ConfigError("PolicyRecipeConfig: episodes and every stage's steps must be >= 1")
@@ -171,7 +174,7 @@ def run_recipe(config: PolicyRecipeConfig) -> Path:
     rl = out / "grpo"
     if not (rl / "model" / "config.json").exists():
         resume = any((rl / "checkpoints").glob("checkpoint-*"))
-        grpo = GRPORunConfig(model=str(tuned / "model"), env=cfg.env(cfg.grpo_dataset, split="train"),
+        grpo = GRPORunConfig(model=str(tuned / "model"), env=cfg.env(cfg.grpo_dataset, split=cfg.grpo_split),
                              prompts=cfg.grpo_prompts, output_dir=str(rl), max_steps=cfg.grpo_steps, learning_rate=cfg.grpo_lr,
                              num_generations=cfg.num_generations, per_device_train_batch_size=cfg.grpo_batch_size,
                              max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, beta=cfg.beta,
@@ -231,6 +234,7 @@ def ship(config: PolicyRecipeConfig, evaluate: Any, name: str = "policy-tiny", v
         version=version, params=params, expert=config.expert, command=f"medagent train policy --out DIR {flags}".strip(),
         recipe=json.dumps(dataclasses.asdict(config), indent=2), timings=json.dumps(timings, indent=2), table=table,
         datasets=", ".join(f"`{d}`" for d in config.datasets), eval_episodes=CARD_EVAL["episodes"],
+        splits=" and ".join(config.teacher_splits), grpo_dataset=config.grpo_dataset, grpo_split=config.grpo_split,
         total=sum(timings.values()) / 60.0))
     record_weights(name, "mni-lesion-v1+nuclei-v1+ct-phantom-v1", version=version)
     return dest
@@ -243,12 +247,13 @@ A Qwen3-VL architecture built from a config ({params} parameters, float16 here; 
 tokenizer trained on medagent's own text (every integer 0-999 one token).
 
 - What it does: calls `auto_segment`, reads the regions the tool answer lists (boxes in the 0-999 frame, nearest
-  the top-left first, areas in pixels), prompts SAM with the box of the region the instruction asks for, and stops.
-- Data: the train splits of the builtin datasets {datasets} (procedural datasets with several dataset seeds),
+  the top-left first, areas in pixels), prompts SAM with the box of the region the instruction asks for
+  (`select_region` with its number), and stops.
+- Data: the {splits} splits of the builtin datasets {datasets} (procedural datasets with several dataset seeds),
   played by the teacher agent in the environment with the shipped tools; no external data, no pretrained weights.
 - Recipe (`medagent.train.policy_recipe`, every stage resumable and step-exact):
   `{command}` then `--ship`. Stages: teacher trajectories (`{expert}`) -> grounding SFT -> trajectory SFT ->
-  GRPO in the env (mni-lesion train split).
+  GRPO in the env ({grpo_dataset} {grpo_split} split).
 - Full recipe configuration:
 
 ```json
