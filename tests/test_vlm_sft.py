@@ -253,3 +253,14 @@ def test_agent_builds_the_sft_conversation_and_never_crashes_the_env(tiny_vlm):
         sampled = VLMPolicyAgent(model, processor, max_new_tokens=32, do_sample=True, temperature=1.5)
         out = run_episode(env, sampled, seed=seed)
         assert out.steps and all(env.observation_space.contains(s.observation) for s in out.steps)
+
+
+def test_generation_never_samples_vision_framing_tokens(tiny_vlm):
+    """A sampled <|vision_start|> has no image features behind it (Qwen3-VL's rope index fails): every
+    generation path suppresses the framing tokens."""
+    from medagent.agents.vlm import VISION_TOKENS, load_vlm, vision_token_ids
+
+    _, processor = load_vlm(tiny_vlm)
+    ids = vision_token_ids(processor.tokenizer)
+    assert len(ids) == len(VISION_TOKENS) and len(set(ids)) == len(ids)
+    assert processor.tokenizer.convert_ids_to_tokens(ids) == list(VISION_TOKENS)
