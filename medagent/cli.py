@@ -339,12 +339,15 @@ def eval_interactive(
 
 
 # ---------------------------------------------------------------------------------------------- env
-def _env_settings(dataset: Optional[str], data: Optional[Path], split: str, max_turns: int, image_size: int) -> dict:
+def _env_settings(dataset: Optional[str], data: Optional[Path], split: str, max_turns: int, image_size: int,
+                  skip_bad: bool = False) -> dict:
     if dataset is not None and data is not None:
         _fail("give at most one of --dataset NAME or --data DIR")
     settings: dict = {"split": split, "max_turns": max_turns, "image_size": image_size}
     if data is not None:
         settings["data_dir"] = str(data)
+        if skip_bad:
+            settings["skip_bad"] = True
     elif dataset is not None:
         settings["dataset"] = dataset
     return settings
@@ -866,6 +869,8 @@ def eval_agent(
                                           help="Volumes: one episode per slice holding the target, reassembled and "
                                                "scored in 3D (default when the split's cases are 3D); --no-volume plays "
                                                "one random labelled slice per episode."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="With --data: leave unreadable files out and list them "
+                                  "in the results and the report."),
     max_slices: Optional[int] = typer.Option(None, help="Volume episodes play at most this many slices (a contiguous "
                                              "run around the target's largest; 3D metrics over that slab)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also copy results JSON here."),
@@ -890,7 +895,7 @@ def eval_agent(
                       "dtype": dtype, "device": device}
         kwargs = {"vlm": {"model": model, **vlm_kwargs}} if model else {}
         kwargs["policy"] = {"policy": policy, **vlm_kwargs}
-        settings, tools = _env_settings(dataset, data, split, max_turns, image_size), _prompt_tool(prompt_tool, prompt_checkpoint)
+        settings, tools = _env_settings(dataset, data, split, max_turns, image_size, skip_bad), _prompt_tool(prompt_tool, prompt_checkpoint)
         if tools:
             settings["prompt_tool"] = prompt_tool
         path, df = run_agent_eval(settings, names, tools=tools, episodes=episodes,

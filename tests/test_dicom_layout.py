@@ -271,3 +271,20 @@ def test_grid_reorientation_finds_permutations_and_flips_and_refuses_other_grids
     shifted[0, 3] += 0.6  # one column over
     assert grid_reorientation(shifted, image_affine, SHAPE, SHAPE) is None
     assert grid_reorientation(image_affine @ np.diag([1, 1, 2, 1.0]), image_affine, SHAPE, SHAPE) is None  # other spacing
+
+
+def test_cli_eval_agent_skips_broken_series_and_lists_them(tmp_path):
+    from medagent.cli import app
+
+    root = write_dicom_folder(tmp_path / "d")
+    expected = add_broken_series(root)
+    runs, out = tmp_path / "runs", tmp_path / "agent.json"
+    args = ["eval", "agent", "--data", str(root), "--split", "all", "--agents", "oracle-box", "--episodes", "2",
+            "--image-size", "32", "--record-turns", "0", "--runs-dir", str(runs)]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "images/broken" in refused.stdout and "Traceback" not in refused.stdout
+    result = CliRunner().invoke(app, [*args, "--skip-bad", "--json", str(out)])
+    assert result.exit_code == 0, result.stdout
+    results = json.loads(out.read_text())
+    assert sorted(Path(s["path"]).name for s in results["skipped"]) == sorted(expected)
+    assert results["summary"]["oracle-box"]

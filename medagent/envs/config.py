@@ -15,6 +15,7 @@ class EnvConfig:
     Attributes:
         dataset: builtin dataset name (`medagent.data.builtin`), used when `data_dir` is None.
         data_dir: a user dataset folder (`medagent.data.layouts.load_folder`), or None.
+        skip_bad: with `data_dir`, leave unreadable files out (listed in `Dataset.skipped`) instead of failing.
         split: which split episodes come from ("train", "val", "test", "all").
         dataset_seed: seed of procedural builtin datasets.
         image_size: side of the square image the policy sees, pixels (tools see the original resolution).
@@ -40,6 +41,7 @@ class EnvConfig:
 
     dataset: str = "mni-tissue"
     data_dir: str | None = None
+    skip_bad: bool = False
     split: str = "train"
     dataset_seed: int = 0
     image_size: int = 512

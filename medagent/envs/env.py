@@ -47,7 +47,7 @@ def load_dataset(config: EnvConfig) -> Dataset:
     if config.data_dir:
         from medagent.data.layouts import load_folder
 
-        return load_folder(config.data_dir)
+        return load_folder(config.data_dir, skip_bad=config.skip_bad)
     from medagent.data.builtin import load_builtin
 
     return load_builtin(config.dataset, seed=config.dataset_seed)

@@ -169,6 +169,16 @@ def evaluate_agents(env_settings: dict[str, Any], agents: list[Any], episodes: i
     return df
 
 
+def _skipped_files(env_settings: dict[str, Any]) -> list[dict[str, str]]:
+    """The files a user folder opened with `skip_bad` left out, and why ([] otherwise): a second scan of the folder's
+    index (cases load lazily, so this reads no images), the same the env's own open saw."""
+    if not (env_settings.get("data_dir") and env_settings.get("skip_bad")):
+        return []
+    from medagent.data.layouts import load_folder
+
+    return [{"path": s.path, "reason": s.reason} for s in load_folder(env_settings["data_dir"], skip_bad=True).skipped]
+
+
 def card_rows(model: Any, env_settings: dict[str, Any], agents: Any, episodes: int, seed: int) -> list[dict[str, Any]]:
     """Mean Dice, episode score, turns and invalid-action rate ((invalid calls + format failures) / (calls +
     format failures)) per agent on the same episodes; the agent "policy" plays the model at `model`.
@@ -272,7 +282,7 @@ def run_agent_eval(env_settings: dict[str, Any], agents: list[Any], episodes: in
                             "aggregation": "dice, iou, turns, episode_score: means over a volume's slice episodes; "
                                            "calls, invalid, failed, format_failed, seconds: sums; *_3d: the "
                                            "reassembled mask on the volume's grid"}}
-    path = run.write_results(summary, cases=table, extra=extra)
+    path = run.write_results(summary, cases=table, extra=extra, skipped=_skipped_files(env_settings))
     run.file(PARTIAL_NAME).unlink(missing_ok=True)  # cases.parquet and episodes/ now hold every episode
     write_report(run.path)
     if json_out:
