@@ -56,6 +56,7 @@ def quality(args: argparse.Namespace) -> None:
         print(f"{dataset}: {time.perf_counter() - started:.0f} s")
         frames.append(df)
     df = pd.concat(frames, ignore_index=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     df.to_parquet(Path(args.out) / "bench_policy_cases.parquet")
 
     print("\n## Agents on the same episodes (test splits)\n")
@@ -189,7 +190,7 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=".", help="where bench_policy_cases.parquet goes")
+    parser.add_argument("--out", default="medagent-runs/bench", help="where bench_policy_cases.parquet goes")
     parser.add_argument("--quick", action="store_true", help="20 episodes, mni-lesion only, no cost part")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: quality, throughput, costs")
     args = parser.parse_args()
