@@ -48,48 +48,58 @@ def _ordinal(n: int) -> str:
     return _ORDINALS.get(n, f"{n}th")
 
 
+def _instance_classes(case: Case) -> list[tuple[int, int, int]]:
+    """(instance id, voxel count, class) of each instance of `case.instances`, its class the most frequent label
+    under it; instances over background only are left out. [] without an instance map."""
+    if case.instances is None or not np.any(case.instances):
+        return []
+    label, inst = np.asarray(case.label), np.asarray(case.instances)
+    ids, counts = np.unique(inst[inst > 0], return_counts=True)
+    found = []
+    for iid, count in zip(ids.tolist(), counts.tolist()):
+        values, freq = np.unique(label[inst == iid], return_counts=True)
+        cls = int(values[np.argmax(freq)])
+        if cls:
+            found.append((int(iid), int(count), cls))
+    return found
+
+
+def _class_targets(case: Case, skip: set[int], min_area: int) -> list[Target]:
+    """One whole-class target per foreground class with >= `min_area` pixels, except the classes in `skip`."""
+    label = np.asarray(case.label)
+    targets = []
+    for cls in case.foreground_classes():
+        area = int(np.count_nonzero(label == cls))
+        if cls not in skip and area >= min_area:
+            name = case.class_names.get(cls, f"class {cls}")
+            targets.append(Target(cls, name, 0, f"Segment the {name}.", area))
+    return targets
+
+
 def list_targets(case: Case, min_area: int = 16) -> list[Target]:
     """Every target of a labelled 2D case, in a fixed order (instance targets by class, then rank)."""
     if case.label is None or case.ndim != 2:
         return []
-    label = np.asarray(case.label)
+    instances = _instance_classes(case)
+    by_class: dict[int, list[tuple[float, int, int]]] = {}
+    for iid, count, cls in instances:
+        if count >= min_area:
+            ys, xs = np.nonzero(np.asarray(case.instances) == iid)
+            by_class.setdefault(cls, []).append((float(np.hypot(ys.mean(), xs.mean())), iid, count))
     targets: list[Target] = []
-    instance_classes: set[int] = set()
-    if case.instances is not None and np.any(case.instances):
-        inst = np.asarray(case.instances)
-        ids, counts = np.unique(inst[inst > 0], return_counts=True)
-        by_class: dict[int, list[tuple[float, int, int]]] = {}
-        for iid, count in zip(ids.tolist(), counts.tolist()):
-            region = inst == iid
-            values, freq = np.unique(label[region], return_counts=True)
-            cls = int(values[np.argmax(freq)])
-            if cls == 0:
-                continue
-            instance_classes.add(cls)
-            if count < min_area:
-                continue
-            ys, xs = np.nonzero(region)
-            by_class.setdefault(cls, []).append((float(np.hypot(ys.mean(), xs.mean())), int(iid), int(count)))
-        for cls in sorted(by_class):
-            name = case.class_names.get(cls, f"class {cls}")
-            items = sorted(by_class[cls])
-            for rank, (_, iid, count) in enumerate(items, start=1):
-                if len(items) == 1:
-                    text = f"Segment the {name}."
-                elif rank == 1:
-                    text = f"Segment the {name} nearest the top-left corner (1 of {len(items)} {name} instances)."
-                else:
-                    text = (f"Segment the {name} {_ordinal(rank)} nearest the top-left corner "
-                            f"({rank} of {len(items)} {name} instances).")
-                targets.append(Target(cls, name, iid, text, count))
-    for cls in case.foreground_classes():
-        if cls in instance_classes:
-            continue
-        area = int(np.count_nonzero(label == cls))
-        if area >= min_area:
-            name = case.class_names.get(cls, f"class {cls}")
-            targets.append(Target(cls, name, 0, f"Segment the {name}.", area))
-    return targets
+    for cls in sorted(by_class):
+        name = case.class_names.get(cls, f"class {cls}")
+        items = sorted(by_class[cls])
+        for rank, (_, iid, count) in enumerate(items, start=1):
+            if len(items) == 1:
+                text = f"Segment the {name}."
+            elif rank == 1:
+                text = f"Segment the {name} nearest the top-left corner (1 of {len(items)} {name} instances)."
+            else:
+                text = (f"Segment the {name} {_ordinal(rank)} nearest the top-left corner "
+                        f"({rank} of {len(items)} {name} instances).")
+            targets.append(Target(cls, name, iid, text, count))
+    return targets + _class_targets(case, {cls for _, _, cls in instances}, min_area)
 
 
 def volume_targets(case: Case, min_area: int = 16) -> list[Target]:
@@ -105,25 +115,10 @@ def volume_targets(case: Case, min_area: int = 16) -> list[Target]:
     """
     if case.label is None or case.ndim != 3:
         return []
-    label = np.asarray(case.label)
-    targets: list[Target] = []
-    instance_classes: set[int] = set()
-    if case.instances is not None and np.any(case.instances):
-        inst = np.asarray(case.instances)
-        ids, counts = np.unique(inst[inst > 0], return_counts=True)
-        for iid, count in zip(ids.tolist(), counts.tolist()):
-            values, freq = np.unique(label[inst == iid], return_counts=True)
-            cls = int(values[np.argmax(freq)])
-            if cls == 0:
-                continue
-            instance_classes.add(cls)
-            if count >= min_area:
-                name = case.class_names.get(cls, f"class {cls}")
-                targets.append(Target(cls, name, int(iid), f"Segment the {name} (instance {iid} of the volume).", int(count)))
-        targets.sort(key=lambda t: (t.class_index, t.instance))
-    for cls in case.foreground_classes():
-        area = int(np.count_nonzero(label == cls))
-        if cls not in instance_classes and area >= min_area:
+    instances = _instance_classes(case)
+    targets = []
+    for iid, count, cls in sorted(instances, key=lambda t: (t[2], t[0])):
+        if count >= min_area:
             name = case.class_names.get(cls, f"class {cls}")
-            targets.append(Target(cls, name, 0, f"Segment the {name}.", area))
-    return targets
+            targets.append(Target(cls, name, iid, f"Segment the {name} (instance {iid} of the volume).", count))
+    return targets + _class_targets(case, {cls for _, _, cls in instances}, min_area)
