@@ -9,6 +9,11 @@ mask and prompting SAM with one listed region's box; they agree when they keep t
 box. The policy imitates `ranked-regions`, so its agreement with the GT-choosing reference bounds what
 imitation of a GT-free rule can give.
 
+Part 3 (where the automatic segmenter proposes more regions than there are targets), mni-lesion: in how many
+multi-target episodes the automatic mask lists more regions than the instruction's instance count, on the
+train split (the segmenter's own slices), a train split drawn with an unseen lesion seed, val and test. Those
+are the episodes where the rule has to drop a false positive before counting.
+
 Part 2 (the single-target rule), test splits of mni-lesion and ct-phantom, the same episodes for both rules:
 `ranked-regions` keeps the automatic mask when the instruction names one target; the variant prompts SAM with
 the box of the largest listed region instead. Final Dice, mean over the episodes.
@@ -71,6 +76,25 @@ def agreement(episodes: int, seed: int, image_size: int) -> tuple[int, int, int]
     return agree, episodes, several
 
 
+def extra_regions(split: str, dataset_seed: int, episodes: int, seed: int, image_size: int) -> tuple[int, int, float]:
+    """(multi-target episodes, those listing more regions than targets, mean Dice of the automatic mask)."""
+    env = InteractiveSegEnv(dataset="mni-lesion", split=split, dataset_seed=dataset_seed, image_size=image_size)
+    agent = RankedRegionsAgent()
+    multi = extra = 0
+    dice = []
+    for episode_seed in np.random.SeedSequence(seed + 1).generate_state(episodes):
+        obs, _ = env.reset(seed=int(episode_seed))
+        env.step(agent.act(obs, env))  # auto_segment
+        ep = env.unwrapped.episode
+        count = instruction_rank_and_count(ep.target.instruction)[1]
+        listed = len(region_boxes(ep.mask, ep.config.region_min_area)[: ep.config.max_regions])
+        multi += count > 1
+        extra += count > 1 and listed > count
+        dice.append(ep.dice)
+    env.close()
+    return multi, extra, float(np.mean(dice))
+
+
 def single_target_rule(dataset: str, episodes: int, seed: int, image_size: int) -> tuple[float, float]:
     """Mean final Dice of (ranked-regions, the box-single-target variant) on the same test episodes."""
     from medagent.eval.agent_eval import evaluate_agents
@@ -97,6 +121,13 @@ def main() -> None:
     print("| episodes | of them with several targets | same choice | agreement |")
     print("|---|---|---|---|")
     print(f"| {n} | {several} | {agree} | {100.0 * agree / n:.1f}% |")
+
+    print(f"\n## More regions listed than targets (mni-lesion, {args.test_episodes} episodes per row, after auto_segment)\n")
+    print("| split | lesion seed | multi-target episodes | listing more regions than targets | automatic mask Dice |")
+    print("|---|---|---|---|---|")
+    for split, lesion_seed in (("train", 0), ("train", 45), ("val", 0), ("test", 0)):
+        multi, extra, dice = extra_regions(split, lesion_seed, args.test_episodes, args.seed, args.image_size)
+        print(f"| {split} | {lesion_seed} | {multi} | {extra} | {dice:.3f} |")
 
     print(f"\n## Single-target rule ({args.test_episodes} test episodes per dataset, final Dice)\n")
     print("| dataset | keep the automatic mask (ranked-regions) | box of the largest region |")

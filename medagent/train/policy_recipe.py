@@ -40,8 +40,8 @@ class PolicyRecipeConfig:
         datasets: builtin datasets the trajectories come from.
         teacher_splits: splits the teacher plays on. The automatic segmenters were trained on the train split and
             make few mistakes there (mni-lesion: more regions than targets in 5 of 28 multi-target episodes, 21 of
-            28 on the test split), so a policy taught there only never sees the false positives it meets at test
-            time; the val split's subjects show them (18 of 27). Test splits are never used.
+            28 on the test split, `bench/bench_region_rules.py`), so a policy taught there only rarely sees the false
+            positives it meets at test time; the val split's subjects show them (18 of 27). Test splits are never used.
         procedural_seeds: dataset seeds for procedural datasets (`medagent.trajectories.prompts.PROCEDURAL`).
         episodes: expert episodes per (dataset, dataset seed).
         image_size: the policy's image side, pixels (env observation and the VLM's image size).
