@@ -190,6 +190,15 @@ def test_regions_are_listed_nearest_the_top_left_first_and_numbered():
     assert text.endswith("] 200 px")  # areas are pixel counts: one token each below 1000
     assert [area for _, area in boxes] == [200, 800]
     assert describe_regions(mask, max_regions=0) == "" and describe_regions(np.zeros((4, 4), bool)) == ""
+    ranked = describe_regions(mask, max_regions=3, min_area=8, with_size_ranks=True)
+    assert ranked.endswith("] 200 px, size rank 2; 2: [" + ", ".join(map(str, boxes[1][0])) + "] 800 px, size rank 1")
+
+
+def test_size_ranks_order_regions_by_area_with_ties_in_listed_order():
+    from medagent.envs.regions import size_ranks
+
+    assert size_ranks([([0, 0, 1, 1], 10), ([0, 0, 1, 1], 30), ([0, 0, 1, 1], 10)]) == [2, 1, 3]
+    assert size_ranks([]) == []
 
 
 def test_ranked_region_keeps_the_n_largest_and_takes_rank_k():

@@ -12,7 +12,7 @@ from medagent.data.case import Case
 from medagent.errors import ConfigError, ToolError
 from medagent.tools.cps import CpsConfig, CpsTool, DensePointsTool, SinglePointTool, build, iou, load_references
 from medagent.tools.fewshot.augment import AugmentConfig, augmented_view
-from medagent.tools.fewshot.backbones import IntensityBackbone, TransformersBackbone
+from medagent.tools.fewshot.backbones import TransformersBackbone
 from medagent.tools.fewshot.prompter import GroupResult
 from medagent.tools.fewshot.sparsify import n_kept, sparsify
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import gymnasium as gym
 import numpy as np

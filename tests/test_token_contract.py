@@ -58,7 +58,6 @@ def tiny(tmp_path_factory):
 
 
 def sft_ids(tmp_path, processor) -> list[int]:
-    import datasets
 
     from medagent.train.sft import SFTRunConfig, make_collator
     from medagent.trajectories.export import episode_messages

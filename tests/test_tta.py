@@ -21,7 +21,7 @@ from medagent.tools.tta.fourier import FourierPrompt, low_frequency_amplitude
 from medagent.tools.tta.source import SourceModel
 from medagent.tools.tta.vptta import MemoryBank
 from medagent.tools.tta.cotta import CoTTATool
-from medagent.tools.tta.mgipt import MGIPTConfig, MGIPTTool, consistency_dice_loss, global_sides
+from medagent.tools.tta.mgipt import MGIPTTool, consistency_dice_loss, global_sides
 from medagent.tools.tta.noadapt import NoAdaptTool
 from medagent.tools.tta.tent import TentTool
 from medagent.tools.tta.vptta import VPTTATool
@@ -359,7 +359,7 @@ def test_evaluate_ctta_writes_results_with_centres_rounds_and_forgetting(tmp_pat
     from medagent.eval.results import load_results
     from medagent.eval.ctta import evaluate_ctta
 
-    report = evaluate_ctta("nuclei", methods=["noadapt", "tent"], rounds=2, centres=["B", "D"], max_cases=2,
+    evaluate_ctta("nuclei", methods=["noadapt", "tent"], rounds=2, centres=["B", "D"], max_cases=2,
                            run_root=tmp_path / "runs", json_out=tmp_path / "out.json", progress=False)
     res = load_results(tmp_path / "out.json")
     ctta = res.extra["ctta"]

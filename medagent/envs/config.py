@@ -37,6 +37,8 @@ class EnvConfig:
         max_regions: a tool's answer lists the boxes (0-999 frame) and areas of up to this many regions of the
             new mask, nearest the top-left first (`medagent.envs.regions`); 0 turns the list off.
         region_min_area: regions smaller than this many pixels are not listed.
+        region_size_ranks: each listed region also gives its rank by area among the listed ones ("size rank 1" is
+            the largest), so choosing among the n largest is a match of small labels (docs/policy.md).
     """
 
     dataset: str = "mni-tissue"
@@ -63,6 +65,7 @@ class EnvConfig:
     load_tools: bool = True
     max_regions: int = 5
     region_min_area: int = 8
+    region_size_ranks: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.reward, dict):

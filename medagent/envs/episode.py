@@ -258,7 +258,7 @@ class Episode:
             return "failed", f"{call.name} error: the tool returned a mask of shape {mask.shape}, expected {self.mask.shape}"
         self.undo_stack.append(snapshot)
         self.mask = mask
-        regions = describe_regions(mask, self.config.max_regions, self.config.region_min_area)
+        regions = describe_regions(mask, self.config.max_regions, self.config.region_min_area, self.config.region_size_ranks)
         return "segment", f"The mask now covers {self._area_text()}{regions}."
 
     def _binary(self, prediction: Prediction) -> np.ndarray:
