@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from medagent.data.builtin import load_builtin
+from medagent.data.case import labelled_2d
 from medagent.data.shifts import shifted_dataset
 from medagent.metrics import per_class
 from medagent.tools import load_tool
 from medagent.tools.segmenters import TOOL_CLASSES
 from medagent.train.shipped_segmenters import SHIPPED_RECIPES, shipped_config
-from medagent.train.tool_trainer import _as_2d, train_tool
+from medagent.train.tool_trainer import train_tool
 
 NETWORKS = ("unet", "ifunet", "allukan")
 
@@ -94,7 +95,7 @@ def main() -> None:
     conditions[f"{args.other} (clean)"] = other
 
     def cases_of(ds):
-        cases = _as_2d(ds.cases("test"))
+        cases = labelled_2d(ds.cases("test"))
         return cases[: args.max_cases] if args.max_cases else cases
 
     results: dict[tuple[str, str], list[dict]] = {}

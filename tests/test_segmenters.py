@@ -158,7 +158,8 @@ SHIPPED = ["unet-mni-tissue", "ifunet-mni-tissue", "allukan-mni-tissue", "unet-m
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_reproduces_recorded_dice(name):
     from medagent.data.builtin import load_builtin
-    from medagent.train.tool_trainer import _as_2d, evaluate_dice
+    from medagent.data.case import labelled_2d
+    from medagent.train.tool_trainer import evaluate_dice
     from medagent.weights import WEIGHTS_DIR, verify_weights
 
     folder = WEIGHTS_DIR / name
@@ -175,7 +176,7 @@ def test_shipped_checkpoint_reproduces_recorded_dice(name):
     tool = load_tool(model, dataset=dataset)
     metrics = json.loads((folder / "metrics.json").read_text())
     recorded = metrics["check"]
-    cases = _as_2d(load_builtin(dataset).cases("test"))
+    cases = labelled_2d(load_builtin(dataset).cases("test"))
     cases = [c for c in cases if c.id in recorded["cases"]]
     assert [c.id for c in cases] == recorded["cases"]
     result = evaluate_dice(tool, cases)

@@ -166,8 +166,8 @@ def test_dataset_seeds_concatenate_train_splits_and_keep_val_on_dataset_seed(tmp
     assert [c.id for c in cases] == ["s2_c20", "s2_c21", "s0_c0", "s0_c1", "s5_c50", "s5_c51"]
     assert [c.id for c in tt.training_cases(_config(tmp_path, dataset="fake"), fake_load_builtin("fake", seed=1))] == ["s1_c10", "s1_c11"]
     seen = []
-    real_as_2d = tt._as_2d
-    monkeypatch.setattr(tt, "_as_2d", lambda cs: seen.append([c.id for c in cs]) or real_as_2d(cs))
+    real_labelled_2d = tt.labelled_2d
+    monkeypatch.setattr(tt, "labelled_2d", lambda cs: seen.append([c.id for c in cs]) or real_labelled_2d(cs))
     train_tool(config)
     assert ["val_s0"] in seen and not any("val_s2" in ids or "val_s5" in ids for ids in seen)  # val: dataset_seed only
     saved = json.loads((tmp_path / "run" / "config.json").read_text())

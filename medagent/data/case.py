@@ -156,6 +156,20 @@ class Case:
             yield self.slice(i, axis)
 
 
+def labelled_2d(cases: Any) -> list[Case]:
+    """The labelled 2D cases of `cases`: a 2D case as it is, a volume as its slices that contain a label;
+    unlabelled cases are left out (what 2D training and scoring iterate over)."""
+    out: list[Case] = []
+    for case in cases:
+        if case.label is None:
+            continue
+        if case.ndim == 2:
+            out.append(case)
+        else:
+            out.extend(case.iter_slices(only_with_target=True))
+    return out
+
+
 def slice_affine(affine: np.ndarray, axis: int, index: int) -> np.ndarray:
     """Affine of a 2D slice, keeping the (z, y, x) index convention with a virtual z = 0 axis.
 

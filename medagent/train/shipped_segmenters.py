@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medagent.data.case import labelled_2d
 from medagent.errors import ConfigError
 from medagent.tools.segmenters import SegmenterTool, load_safetensors
 from medagent.train.segmenter_config import AugmentConfig, ToolTrainerConfig
-from medagent.train.tool_trainer import _as_2d, evaluate_dice, evaluate_dice_augmented, train_tool
+from medagent.train.tool_trainer import evaluate_dice, evaluate_dice_augmented, train_tool
 
 #: version 2 (robust intensity augmentation, 1000 steps); `unet-nuclei` keeps its version-1 recipe
 _SHIPPED_COMMON = dict(max_steps=1000, batch_size=8, crop_size=80, lr=3e-3, val_every=100, seed=0, num_threads=1,
@@ -56,16 +57,17 @@ SHIPPED_FLOAT16: frozenset[str] = frozenset({"unet-mni-lesion"})
 CHECK_CASES = 4
 
 
-def shipped_config(name: str, output_dir: str | Path) -> ToolTrainerConfig:
-    """The exact `ToolTrainerConfig` of shipped checkpoint `name` (see `SHIPPED_RECIPES`)."""
+def shipped_config(name: str, output_dir: str | Path, overrides: dict[str, Any] | None = None) -> ToolTrainerConfig:
+    """The exact `ToolTrainerConfig` of shipped checkpoint `name` (see `SHIPPED_RECIPES`), with `overrides`
+    (e.g. {"seed": 1}, for a seed study) applied last."""
     if name not in SHIPPED_RECIPES:
         raise ConfigError(f"no recipe for shipped checkpoint {name!r}; known: {sorted(SHIPPED_RECIPES)}")
-    fields = {**_SHIPPED_COMMON, **SHIPPED_RECIPES[name]}
+    fields = {**_SHIPPED_COMMON, **SHIPPED_RECIPES[name], **(overrides or {})}
     return ToolTrainerConfig(**fields, output_dir=str(output_dir), progress=False)
 
 
 def train_shipped(name: str, work_dir: str | Path = "medagent-runs/shipped", install: bool = True,
-                  resume: bool = False) -> dict[str, Any]:
+                  resume: bool = False, overrides: dict[str, Any] | None = None, run_name: str | None = None) -> dict[str, Any]:
     """Train shipped checkpoint `name` from its recipe, evaluate it on the val and test splits and (with
     `install`) copy it into medagent/weights/<name>/ (`install_shipped`).
 
@@ -73,11 +75,15 @@ def train_shipped(name: str, work_dir: str | Path = "medagent-runs/shipped", ins
     float16 copy `best-float16/` that is scored and installed, and a `shipped_metrics.json`), so one can
     compare it with the shipped checkpoint on the val split first and install it later.
     `resume=True` continues an interrupted run in `work_dir/<name>/` (same weights as an uninterrupted
-    one; `train_seconds` then counts only this call). Returns the metrics written to metrics.json.
+    one; `train_seconds` then counts only this call). `overrides` change recipe fields (`shipped_config`) and
+    need `install=False`: an installed checkpoint is its recipe's; `run_name` names the run folder (default `name`).
+    Returns the metrics written to metrics.json.
     """
     from medagent.tools.segmenters import TOOL_CLASSES
 
-    config = shipped_config(name, Path(work_dir) / name)
+    if overrides and install:
+        raise ConfigError("train_shipped: a run with recipe overrides cannot be installed as the shipped checkpoint")
+    config = shipped_config(name, Path(work_dir) / (run_name or name), overrides)
     started = time.time()
     best = train_tool(dataclasses.replace(config, resume=resume))
     seconds = time.time() - started
@@ -115,8 +121,8 @@ def score_checkpoint(tool: SegmenterTool, config: ToolTrainerConfig) -> dict[str
     from medagent.data.builtin import load_builtin
 
     ds = load_builtin(config.dataset, seed=config.dataset_seed)
-    test = _as_2d(ds.cases("test"))
-    val = _as_2d(ds.cases("val"))
+    test = labelled_2d(ds.cases("test"))
+    val = labelled_2d(ds.cases("val"))
     check = evaluate_dice(tool, test[:CHECK_CASES])
     return {"val": evaluate_dice(tool, val), "val_augmented": evaluate_dice_augmented(tool, val), "test": evaluate_dice(tool, test),
             "check": {"cases": [c.id for c in test[:CHECK_CASES]], **check}}

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medagent.data.case import Case
+from medagent.data.case import Case, labelled_2d
 from medagent.data.dataset import Dataset
 from medagent.errors import ConfigError, DataError
 from medagent.tools.segmenters import SegmenterConfig, SegmenterTool, build_segmenter, load_safetensors, model_input
@@ -72,7 +72,7 @@ def train_tool(config: ToolTrainerConfig, dataset: Dataset | None = None) -> Pat
     if not train_cases:
         raise DataError(f"dataset {info.name!r} has no labelled training cases")
     try:
-        val_cases = _as_2d(dataset.cases("val"))
+        val_cases = labelled_2d(dataset.cases("val"))
     except DataError:
         val_cases = []
     if not val_cases:  # no validation split: hold out every 5th training case
@@ -157,7 +157,9 @@ def _write_versions(out: Path, seed: int) -> None:
 def load_training_data(config: ToolTrainerConfig) -> Dataset:
     """The dataset named by `config` (a user folder when `data_dir` is set, else a builtin one)."""
     if config.data_dir:
-        from medagent.data.layouts import load_folder  # written alongside; imported only when used
+        from medagent.data.layouts import (
+            load_folder,  # written alongside; imported only when used
+        )
 
         return load_folder(config.data_dir)
     from medagent.data.builtin import load_builtin
@@ -169,26 +171,13 @@ def training_cases(config: ToolTrainerConfig, dataset: Dataset) -> list[Case]:
     """The 2D training cases: `dataset`'s train split, or with `config.dataset_seeds` the train splits of
     the builtin `config.dataset` drawn with each of those seeds, concatenated in that order."""
     if not config.dataset_seeds:
-        return _as_2d(dataset.cases("train"))
+        return labelled_2d(dataset.cases("train"))
     from medagent.data.builtin import load_builtin
 
     cases: list[Case] = []
     for s in config.dataset_seeds:
-        cases.extend(_as_2d(load_builtin(config.dataset, seed=s).cases("train")))
+        cases.extend(labelled_2d(load_builtin(config.dataset, seed=s).cases("train")))
     return cases
-
-
-def _as_2d(cases: Any) -> list[Case]:
-    """2D cases; a volume contributes its slices that contain labels."""
-    out: list[Case] = []
-    for case in cases:
-        if case.label is None:
-            continue
-        if case.ndim == 2:
-            out.append(case)
-        else:
-            out.extend(case.iter_slices(only_with_target=True))
-    return out
 
 
 def _prepare(cases: list[Case], seg: SegmenterConfig) -> list[tuple[np.ndarray, np.ndarray]]:
