@@ -28,6 +28,8 @@ SCRIPTS: dict[str, list[str]] = {
     "bench_sam_quality.py": [],
     "bench_fewshot.py": [],
     "bench_segmenters.py": [],
+    "bench_augment.py": [],
+    "bench_lesion_ablation.py": [],
     "bench_kan_cost.py": [],
     "bench_ctta.py": [],
     "bench_refine.py": [],

@@ -231,6 +231,23 @@ def test_blur_and_low_resolution_can_act_on_one_axis_only():
     assert 0.0 < soft[0, 16, 5] < 1.0 or 0.0 < soft[0, 15, 5] < 1.0
 
 
+def test_low_resolution_keeps_a_flat_image_flat_up_to_the_border():
+    # torchio's resampling back would extrapolate zeros past the last low-resolution pixel; the edge padding
+    # keeps the border rows at the image's value
+    flat = np.full((1, 30, 31), 0.6, np.float32)
+    for factors in ((2.7, 2.7), (1.5, 3.0)):
+        np.testing.assert_allclose(augment._low_resolution(flat, factors), flat, atol=1e-5)
+
+
+def test_robust_augmentation_repeats_exactly_for_one_seed():
+    image, _ = _blob_image()
+    aug = AugmentConfig(**{k: 1.0 for k in ALL_OFF}, renormalize=False)  # every transform on
+    first, again = (augment.robust_intensity_augment(image, np.random.default_rng(7), aug) for _ in range(2))
+    np.testing.assert_array_equal(first, again)
+    other = augment.robust_intensity_augment(image, np.random.default_rng(8), aug)
+    assert np.abs(other - first).max() > 1e-3
+
+
 def test_robust_rescaling_and_labels_stay_aligned():
     image, label = _blob_image()
     config = ToolTrainerConfig(batch_size=6, crop_size=32, foreground_crop_prob=0.0, geometric_aug=False,
@@ -273,10 +290,10 @@ def test_class_balanced_crops_visit_small_classes():
 
 
 def test_shipped_recipes_are_versioned():
-    assert shipped.SHIPPED_VERSIONS["unet-nuclei"] == "1" and shipped.shipped_config("unet-nuclei", "x").aug_policy == "basic"
+    assert shipped.SHIPPED_VERSIONS["unet-nuclei"] == "2" and shipped.shipped_config("unet-nuclei", "x").aug_policy == "basic"
     for name in ("unet-mni-tissue", "ifunet-mni-tissue", "allukan-mni-tissue", "unet-ct-phantom"):
         config = shipped.shipped_config(name, "x")
-        assert config.aug_policy == "robust" and config.max_steps >= 800 and shipped.SHIPPED_VERSIONS[name] == "2"
+        assert config.aug_policy == "robust" and config.max_steps >= 800 and shipped.SHIPPED_VERSIONS[name] == "3"
     assert shipped.shipped_config("unet-ct-phantom", "x").class_balanced_crops
     # version 3: lesions drawn afresh with several dataset seeds, no intensity augmentation, float16 file
     lesion = shipped.shipped_config("unet-mni-lesion", "x")
