@@ -14,6 +14,13 @@ multi-target episodes the automatic mask lists more regions than the instruction
 train split (the segmenter's own slices), a train split drawn with an unseen lesion seed, val and test. Those
 are the episodes where the rule has to drop a false positive before counting.
 
+Part 4 (the shortcut), mni-lesion test split: `copy-rank`, which names region k whenever the instruction asks
+for the k-th of several targets (the listed order without dropping anything), against `ranked-regions` on the
+same episodes, and on how many episodes the two choose differently. A policy that learned only to copy k
+scores what `copy-rank` scores. With `--recipe DIR` (a `medagent train policy` folder), also the share of its
+teacher episodes per split where the teacher's `select_region` number differs from k: the examples that
+tell the rule from the shortcut.
+
 Part 2 (the single-target rule), test splits of mni-lesion and ct-phantom, the same episodes for both rules:
 `ranked-regions` keeps the automatic mask when the instruction names one target; the variant prompts SAM with
 the box of the largest listed region instead. Final Dice, mean over the episodes.
@@ -47,6 +54,58 @@ class BoxSingleTargetAgent(RankedRegionsAgent):
             largest = max(range(len(regions)), key=lambda i: regions[i][1])
             return format_call("select_region", {"region": largest + 1})
         return super().choose(ep)
+
+
+class CopyRankAgent(RankedRegionsAgent):
+    """The shortcut: `select_region` with the instruction's rank k whenever it names several targets."""
+
+    name = "copy-rank"
+
+    def choose(self, ep: Any) -> str:
+        from medagent.envs import format_call
+
+        rank, count = instruction_rank_and_count(ep.target.instruction)
+        listed = region_boxes(ep.mask, ep.config.region_min_area)[: ep.config.max_regions]
+        if count == 1 or rank > len(listed):
+            return format_call("stop_action")
+        return format_call("select_region", {"region": rank})
+
+
+def shortcut(episodes: int, seed: int, image_size: int) -> tuple[float, float, int]:
+    """(ranked-regions Dice, copy-rank Dice, episodes where their Dice differs) on the mni-lesion test split."""
+    from medagent.eval.agent_eval import evaluate_agents
+
+    df = evaluate_agents({"dataset": "mni-lesion", "split": "test", "image_size": image_size},
+                         [RankedRegionsAgent(), CopyRankAgent()], episodes=episodes, seed=seed, progress=False)
+    ranked = df[df.agent == "ranked-regions"].set_index("episode")["dice"]
+    copy = df[df.agent == "copy-rank"].set_index("episode")["dice"]
+    return float(ranked.mean()), float(copy.mean()), int((abs(ranked - copy) > 1e-9).sum())
+
+
+def teacher_shares(recipe: str) -> dict[str, tuple[int, int]]:
+    """Per teacher split of a policy recipe folder's mni-lesion SFT data: (episodes whose teacher calls
+    select_region, those naming a region other than the instruction's rank k)."""
+    import glob
+    import json
+
+    import datasets
+
+    from medagent.agents.regions import instruction_rank
+
+    shares: dict[str, list[int]] = {}
+    for folder in sorted(glob.glob(f"{recipe}/sft-data/mni-lesion-*")):
+        split = "val" if "-val-" in folder else "train"
+        counts = shares.setdefault(split, [0, 0])
+        for messages in datasets.load_from_disk(folder)["train"]["messages"]:
+            user = next(m for m in messages if m["role"] == "user")
+            k = instruction_rank(" ".join(c["text"] or "" for c in user["content"] if c["type"] == "text"))
+            calls = [c["function"] for m in messages if m["role"] == "assistant" for c in (m.get("tool_calls") or [])]
+            chosen = [c["arguments"] for c in calls if c["name"] == "select_region"]
+            if chosen:
+                arguments = chosen[0] if isinstance(chosen[0], dict) else json.loads(chosen[0])
+                counts[0] += 1
+                counts[1] += int(arguments["region"]) != k
+    return {split: (a, b) for split, (a, b) in shares.items()}
 
 
 def chosen_box(message: str, ep: Any) -> list[int] | None:
@@ -112,6 +171,7 @@ def main() -> None:
     parser.add_argument("--test-episodes", type=int, default=40)
     parser.add_argument("--image-size", type=int, default=128, help="the shipped policy's image side")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipe", default="", help="a `medagent train policy` folder: count its teacher episodes too")
     args = parser.parse_args()
     if args.quick:
         args.train_episodes, args.test_episodes = 16, 8
@@ -128,6 +188,18 @@ def main() -> None:
     for split, lesion_seed in (("train", 0), ("train", 45), ("val", 0), ("test", 0)):
         multi, extra, dice = extra_regions(split, lesion_seed, args.test_episodes, args.seed, args.image_size)
         print(f"| {split} | {lesion_seed} | {multi} | {extra} | {dice:.3f} |")
+
+    ranked, copy, differ = shortcut(args.test_episodes, args.seed, args.image_size)
+    print(f"\n## The shortcut (mni-lesion test split, {args.test_episodes} episodes, final Dice)\n")
+    print("| ranked-regions | copy-rank (select region k) | episodes where they differ |")
+    print("|---|---|---|")
+    print(f"| {ranked:.3f} | {copy:.3f} | {differ} |")
+    if args.recipe:
+        print(f"\n## Teacher episodes of {args.recipe} (mni-lesion) where the rule differs from the shortcut\n")
+        print("| split | episodes with select_region | naming a region other than k | share |")
+        print("|---|---|---|---|")
+        for split, (selects, other) in teacher_shares(args.recipe).items():
+            print(f"| {split} | {selects} | {other} | {100.0 * other / max(selects, 1):.1f}% |")
 
     print(f"\n## Single-target rule ({args.test_episodes} test episodes per dataset, final Dice)\n")
     print("| dataset | keep the automatic mask (ranked-regions) | box of the largest region |")

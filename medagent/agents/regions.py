@@ -54,7 +54,7 @@ def ranked_region(regions: list[tuple[list[int], int]], rank: int, count: int) -
     The `count` largest regions are kept (smaller ones are taken for false positives), in their listed order,
     and the one of rank `rank` among them is chosen; None when nothing is listed, when the instruction names a
     single target (the box of the largest listed region scored below the automatic mask on 40 mni-lesion and
-    ct-phantom test episodes: 0.692 vs 0.717 and 0.595 vs 0.899 Dice, `bench/bench_region_rules.py`), or when the
+    ct-phantom test episodes: 0.692 vs 0.717 and 0.599 vs 0.907 Dice, `bench/bench_region_rules.py`), or when the
     rank is past the kept regions.
     """
     if not regions or count == 1:
