@@ -81,6 +81,19 @@ PROPOSER_ROWS = ("v2", "F2", "v3")
 MIN_FP_AREA = 12
 
 
+def training_seconds(metrics_file: Path) -> float:
+    """A run's own training time from its metrics.jsonl, summed over resumes (each resumed call counts its
+    `seconds` from 0 again), so a resumed or already finished run reports the time it took."""
+    total = previous = 0.0
+    for line in metrics_file.read_text().splitlines():
+        if line.strip():
+            seconds = float(json.loads(line)["seconds"])
+            if seconds < previous:  # a resume started the clock again
+                total += previous
+            previous = seconds
+    return total + previous
+
+
 def lesion_counts(tool: Any, cases: list) -> dict[str, int]:
     """Lesions found and false-positive components of `tool`'s lesion masks over `cases` (module docstring)."""
     found = total = fp = fp_large = 0
@@ -120,9 +133,7 @@ def main() -> None:
             fields.update(max_steps=60, val_every=30)
         config = ToolTrainerConfig(**fields, output_dir=str(Path(args.work) / name), progress=False, resume=True)
         best = train_tool(config)
-        # the run's own training time (its last metrics line), also when this call only resumed a finished run
-        last = (Path(config.output_dir) / "metrics.jsonl").read_text().strip().splitlines()[-1]
-        seconds = float(json.loads(last)["seconds"])
+        seconds = training_seconds(Path(config.output_dir) / "metrics.jsonl")
         tool = TOOL_CLASSES["unet"].from_pretrained(best)
         tools[name] = tool
         scores[name] = (evaluate_dice(tool, val)["mean_dice"], evaluate_dice(tool, val_x5)["mean_dice"],
